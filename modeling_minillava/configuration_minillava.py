@@ -1,0 +1,106 @@
+"""MiniLlavaConfig: a vision-tower config + a causal-LM config + projector settings. `config.json` alone rebuilds it."""
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .projectors import PROJECTORS
+
+# Vision towers we know how to read features from, and whether their sequence starts with a CLS token.
+VISION_TOWERS = {"siglip_vision_model": {"has_cls": False}, "clip_vision_model": {"has_cls": True}}
+# "default" drops the CLS token (LLaVA's convention for CLIP), "full" keeps every token.
+SELECT_STRATEGIES = ("default", "full")
+# "prefix": [image] + [whole chat]; "user_turn": the image sits where the user's message puts it.
+IMAGE_POSITIONS = ("prefix", "user_turn")
+# Remote-code entry points written into config.json; the code files are copied flat next to the weights. Users of
+# remote-code VLMs write AutoModel / AutoModelForCausalLM too, so those give the generating model as well.
+_MODEL_CLASS = "modeling_minillava.MiniLlavaForConditionalGeneration"
+AUTO_MAP = {
+    "AutoConfig": "configuration_minillava.MiniLlavaConfig",
+    "AutoModel": _MODEL_CLASS,
+    "AutoModelForCausalLM": _MODEL_CLASS,
+    "AutoModelForImageTextToText": _MODEL_CLASS,
+}
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"Unknown {name}={value!r}; allowed values: {sorted(allowed)}.")
+
+
+class MiniLlavaConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`MiniLlavaForConditionalGeneration`].
+
+    Args:
+        vision_config (`dict` or `PreTrainedConfig`): a SigLIP or CLIP vision-tower config.
+        text_config (`dict` or `PreTrainedConfig`): any causal-LM config (`AutoModelForCausalLM`).
+        projector_type (`str`): a key of `PROJECTORS` ("mlp2x_gelu", "perceiver", "pixel_shuffle_mlp").
+        projector_hidden_act (`str`): activation inside the projector.
+        perceiver_num_latents / perceiver_depth (`int`): Perceiver resampler size.
+        pixel_shuffle_factor (`int`): space-to-depth factor of `pixel_shuffle_mlp`.
+        vision_feature_layer (`int`): which hidden state of the tower to project (-1: last, -2: LLaVA-1.5's).
+        vision_feature_select_strategy (`str` or `None`): "default" drops CLS, "full" keeps all; `None` picks
+            "default" for towers with a CLS token (CLIP) and "full" otherwise (SigLIP).
+        image_position (`str`): "prefix" or "user_turn"; read by the processor, which lays out the sequence.
+    """
+
+    model_type = "minillava"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_vision_model"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    projector_type: str = "mlp2x_gelu"
+    projector_hidden_act: str = "gelu"
+    perceiver_num_latents: int = 64
+    perceiver_depth: int = 2
+    pixel_shuffle_factor: int = 2
+    vision_feature_layer: int = -1
+    vision_feature_select_strategy: str | None = None
+    image_position: str = "user_turn"
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        _check_choice("projector_type", self.projector_type, PROJECTORS)
+        _check_choice("vision_config.model_type", self.vision_config.model_type, VISION_TOWERS)
+        _check_choice("image_position", self.image_position, IMAGE_POSITIONS)
+        has_cls = VISION_TOWERS[self.vision_config.model_type]["has_cls"]
+        if self.vision_feature_select_strategy is None:
+            self.vision_feature_select_strategy = "default" if has_cls else "full"
+        _check_choice("vision_feature_select_strategy", self.vision_feature_select_strategy, SELECT_STRATEGIES)
+        if self.vision_feature_select_strategy == "default" and not has_cls:
+            raise ValueError(
+                f"vision_feature_select_strategy='default' drops a CLS token, but {self.vision_config.model_type} "
+                "has none; use 'full'."
+            )
+        n_layers = self.vision_config.num_hidden_layers
+        if not -n_layers - 1 <= self.vision_feature_layer <= n_layers:
+            raise ValueError(
+                f"vision_feature_layer={self.vision_feature_layer} is outside the tower's {n_layers} layers "
+                f"(valid: {-n_layers - 1}..{n_layers})."
+            )
+        # Tie lm_head to the embeddings exactly when the LLM does (Qwen2.5-1.5B ties, 7B does not); transformers
+        # reads the top-level flag, so it must mirror the text config.
+        self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
+        self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+        self.num_image_tokens  # validates the projector against the tower's grid now, not at the first forward
+
+    @property
+    def num_vision_tokens(self) -> int:
+        """Tokens the vision tower hands to the projector for one image."""
+        vc = self.vision_config
+        n = (vc.image_size // vc.patch_size) ** 2
+        if VISION_TOWERS[vc.model_type]["has_cls"] and self.vision_feature_select_strategy == "full":
+            n += 1
+        return n
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Virtual tokens (sequence slots) one image occupies in the LLM's input."""
+        return PROJECTORS[self.projector_type].num_output_tokens(self, self.num_vision_tokens)
+
+
+__all__ = ["MiniLlavaConfig"]
