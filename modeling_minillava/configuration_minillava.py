@@ -1,4 +1,4 @@
-"""MiniLlavaConfig: a vision-tower config + a causal-LM config + projector settings. `config.json` alone rebuilds it."""
+"""MiniLlavaConfig: a vision-tower config + a causal-LM config + projector settings; config.json alone rebuilds it."""
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -86,7 +86,7 @@ class MiniLlavaConfig(PreTrainedConfig):
         # reads the top-level flag, so it must mirror the text config.
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
-        self.num_image_tokens  # validates the projector against the tower's grid now, not at the first forward
+        _ = self.num_image_tokens  # validates the projector against the tower's grid now, not at the first forward
 
     @property
     def num_vision_tokens(self) -> int:

@@ -76,7 +76,9 @@ class MiniLlavaModel(MiniLlavaPreTrainedModel):
         if image_mask is None:
             raise ValueError("pixel_values were given without image_mask; build inputs with MiniLlavaProcessor.")
         if image_mask.shape != inputs_embeds.shape[:2]:
-            raise ValueError(f"image_mask has shape {tuple(image_mask.shape)}, expected {tuple(inputs_embeds.shape[:2])}.")
+            raise ValueError(
+                f"image_mask has shape {tuple(image_mask.shape)}, expected {tuple(inputs_embeds.shape[:2])}."
+            )
         image_mask = image_mask.bool()
         if image_mask.device.type != "meta":  # counts are unknowable on the meta device
             n_slots, (n_img, n_tok) = int(image_mask.sum()), image_features.shape[:2]
@@ -84,8 +86,8 @@ class MiniLlavaModel(MiniLlavaPreTrainedModel):
                 raise ValueError(
                     f"image_mask marks {n_slots} image slots, but pixel_values give {n_img} image(s) x {n_tok} tokens "
                     f"= {n_img * n_tok}. The processor and model disagree on tokens per image (model config: "
-                    f"{self.config.num_image_tokens}); rebuild the processor with MiniLlavaProcessor.from_backbones(..., "
-                    f"num_image_tokens=config.num_image_tokens)."
+                    f"{self.config.num_image_tokens}); rebuild the processor with "
+                    "MiniLlavaProcessor.from_backbones(..., config=model.config)."
                 )
         features = image_features.to(inputs_embeds.device, inputs_embeds.dtype).reshape(-1, inputs_embeds.shape[-1])
         return inputs_embeds.masked_scatter(image_mask.unsqueeze(-1).to(inputs_embeds.device), features)
@@ -116,7 +118,11 @@ class MiniLlavaModel(MiniLlavaPreTrainedModel):
         inputs_embeds = self.embed_multimodal(input_ids, pixel_values, image_mask, inputs_embeds)  # [B, T, D]
         kwargs["return_dict"] = True
         return self.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache, **kwargs
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            **kwargs,
         )
 
 
@@ -174,7 +180,9 @@ class MiniLlavaForConditionalGeneration(MiniLlavaPreTrainedModel, GenerationMixi
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))  # [B, T, V]
         loss = None
         if labels is not None:  # labels already have the merged length, -100 on image slots and padding
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,

@@ -169,7 +169,9 @@ class MiniLlavaProcessor(ProcessorMixin):
         out = self(images=images or None, text=texts)
         return out if return_dict else out["input_ids"]
 
-    def __call__(self, images=None, text=None, padding_side: str | None = None, return_tensors: str | None = "pt", **kwargs):
+    def __call__(
+        self, images=None, text=None, padding_side: str | None = None, return_tensors: str | None = "pt", **kwargs
+    ):
         """Text with `image_token` markers (+ the images, in reading order) -> model inputs.
 
         Returns `input_ids`, `attention_mask`, `image_mask` (True on image slots) and, with images, `pixel_values`.
@@ -214,11 +216,10 @@ class MiniLlavaProcessor(ProcessorMixin):
         width = max(len(ids) for ids, _ in rows)
         out = {"input_ids": [], "attention_mask": [], "image_mask": []}
         for ids, mask in rows:
-            n = width - len(ids)
-            pad = lambda seq, value: [value] * n + seq if side == "left" else seq + [value] * n  # noqa: E731
-            out["input_ids"].append(pad(ids, self.pad_token_id))
-            out["attention_mask"].append(pad([1] * len(ids), 0))
-            out["image_mask"].append(pad(mask, False))
+            for key, seq, value in (("input_ids", ids, self.pad_token_id), ("attention_mask", [1] * len(ids), 0),
+                                    ("image_mask", mask, False)):  # fmt: skip
+                fill = [value] * (width - len(ids))
+                out[key].append(fill + seq if side == "left" else seq + fill)
         if return_tensors == "pt":
             out = {
                 "input_ids": torch.tensor(out["input_ids"], dtype=torch.long),
