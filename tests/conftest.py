@@ -1,0 +1,35 @@
+"""Shared, session-scoped fixtures: the tiny local backbones and a model/processor builder (all offline)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")  # tests that want MLflow opt in explicitly
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def backbones(tmp_path_factory) -> dict[str, str]:
+    """{"vision-siglip", "vision-clip", "llm-qwen2", "llm-llama"} -> local HF folders (built once per session)."""
+    from data_scripts.make_tiny_backbones import make_tiny_backbones
+
+    return make_tiny_backbones(str(tmp_path_factory.mktemp("tiny_backbones")))
+
+
+@pytest.fixture(scope="session")
+def build(backbones):
+    """build(vision="siglip", llm="qwen2", seed=0, **config_kwargs) -> (model, processor), model in eval mode."""
+    from modeling_minillava import MiniLlavaForConditionalGeneration
+    from processing import MiniLlavaProcessor
+
+    def _build(vision: str = "siglip", llm: str = "qwen2", seed: int = 0, **config_kwargs):
+        v, t = backbones[f"vision-{vision}"], backbones[f"llm-{llm}"]
+        torch.manual_seed(seed)
+        model = MiniLlavaForConditionalGeneration.from_backbones(v, t, **config_kwargs).eval()
+        processor = MiniLlavaProcessor.from_backbones(v, t, config=model.config)
+        return model, processor
+
+    return _build
