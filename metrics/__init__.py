@@ -1,0 +1,1 @@
+"""Evaluation metrics of Mini-LLaVA: one `evaluate` module per folder, loadable offline."""

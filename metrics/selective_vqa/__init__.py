@@ -1,0 +1,1 @@
+"""`evaluate` module folder; load with `evaluate.load("metrics/selective_vqa")`."""
