@@ -1,0 +1,1 @@
+"""Data pipeline: source converters and the synthetic document/UI set, all emitting one canonical row schema."""
