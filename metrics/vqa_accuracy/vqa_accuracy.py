@@ -59,7 +59,8 @@ Example:
     {'vqa_accuracy': 0.3, 'scores': [0.3]}
 """
 
-# EvalAI's table, as data (ours to reproduce exactly, not to improve).
+# EvalAI's tables, as data (ours to reproduce exactly, not to improve).
+# fmt: off
 CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
     "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
@@ -97,6 +98,7 @@ ARTICLES = frozenset({"a", "an", "the"})
 PUNCTUATION = (
     ";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!",
 )
+# fmt: on
 _PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
 _MAX_PERIODS_REMOVED = 32  # m4c passes re.UNICODE (== 32) where re.sub expects `count`
 
