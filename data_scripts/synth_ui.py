@@ -50,6 +50,7 @@ def render_login(rng: random.Random):
         ("yes_no", "Is an error message shown?", "yes" if f["error"] else "no", "error"),
         ("extraction" if f["error"] else "unanswerable", "What does the error message say?", f["error"], "error"),
         ("extraction" if f["username"] else "unanswerable", "What username is entered?", f["username"], "username"),
+        ("unanswerable", "What is the error code?", None, "error_code"),  # a dialog's field, never on login
     ]
     return c, f, qa
 
@@ -110,6 +111,7 @@ def render_dialog(rng: random.Random):
         ("extraction", "What is the title of the dialog?", f["title"], "title"),
         ("extraction" if f["error_code"] else "unanswerable", "What is the error code?", f["error_code"],
          "error_code"),
+        ("unanswerable", "What username is entered?", None, "username"),
     ]
     return c, f, qa
 
@@ -140,6 +142,7 @@ def render_menu(rng: random.Random):
         ("extraction", "What is the last item in the menu?", items[-1], "last_item"),
         ("layout", "What colour is the highlighted item?", color, "highlight_color"),
         ("extraction" if f["version"] else "unanswerable", "What version is shown?", f["version"], "version"),
+        ("unanswerable", "At what time was the notification received?", None, "time"),
     ]
     return c, f, qa
 
@@ -170,5 +173,6 @@ def render_notification(rng: random.Random):
         ("extraction" if f["time"] else "unanswerable", "At what time was the notification received?", f["time"],
          "time"),
         ("extraction" if f["action"] else "unanswerable", "What does the action button say?", f["action"], "action"),
+        ("unanswerable", "What version is shown?", None, "version"),
     ]
     return c, f, qa
