@@ -1,0 +1,230 @@
+"""MiniLlavaDataCollator: canonical chat rows -> a padded training batch whose labels cover only the assistant answers
+(+ their end-of-turn token), located in token space with the processor's own chat template.
+"""
+
+import io
+import logging
+from collections import Counter
+
+import torch
+from jinja2 import TemplateError
+from PIL import Image
+
+from .processing_minillava import to_rgb
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+# Why a row was dropped -> the likely cause, used in the error raised when too many rows are dropped.
+SKIP_HINTS = {
+    "too_long": "max_length is smaller than these rows (each image takes num_image_tokens slots); raise max_length "
+    "or filter long rows in the data script",
+    "tokenization_mismatch": "the prompt rendered with add_generation_prompt=True does not tokenize as a prefix of "
+    "the finished conversation (chat template renders the generation prompt differently, or BPE merges across the "
+    "prompt/answer boundary); check processor.chat_template",
+    "no_end_of_turn": "no stop_token_ids closes the assistant turn; pass stop_token_ids=model.generation_config."
+    "eos_token_id (a base model's tokenizer eos is often not the chat end-of-turn token)",
+    "image_count_mismatch": "row['images'] does not match the {'type': 'image'} parts; make sure the images column "
+    "reaches the collator (SFTConfig(remove_unused_columns=False))",
+    "render_error": "the chat template failed on these messages (roles out of order, unsupported content part?)",
+    "all_masked": "rows with no assistant turn, so there is nothing to learn from them",
+}
+
+
+class _SkipRow(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def load_images(images) -> list[Image.Image]:
+    """row["images"] (None, or a list of PIL images / datasets' undecoded {"bytes", "path"} dicts) -> RGB PIL list."""
+    out = []
+    for image in images or []:
+        if isinstance(image, dict):  # an `Image(decode=False)` column
+            image = Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"])
+        out.append(to_rgb(image))
+    return out
+
+
+class MiniLlavaDataCollator:
+    r"""
+    Rows (the canonical schema: `messages` in HF multimodal chat format + `images`) -> `input_ids`, `attention_mask`,
+    `image_mask`, `labels` and, when any row has images, `pixel_values`. Use as SFTTrainer's `data_collator` with
+    `remove_unused_columns=False` and `dataset_kwargs={"skip_prepare_dataset": True}`.
+
+    Labels: each assistant turn's tokens up to and including the first stop token (the end-of-turn), found by laying
+    out the prompt before that turn (`add_generation_prompt=True`) and checking that its ids are a prefix of the full
+    conversation's ids. Everything else (system, user turns, template tokens, image slots, padding) is -100.
+
+    Dropped rows (never silently): a row is skipped, counted in `stats["skipped"][reason]` and logged once per reason
+    when it is too long (`too_long`: no truncation, because cutting could split an image or drop every answer),
+    its prompt is not a token prefix (`tokenization_mismatch`), no stop id ends an assistant turn (`no_end_of_turn`),
+    its images do not match its image parts (`image_count_mismatch`) or the template fails (`render_error`). Rows with
+    no assistant turn have all-masked labels: counted in `stats["all_masked"]` and dropped too (they add no loss, and
+    a batch of only such rows would give a NaN loss). A batch returns the rows that are left (so its size may shrink);
+    if none is left, or once `min_rows_before_check` rows were seen and more than `max_skip_fraction` of them were
+    dropped, a RuntimeError names the counts and the likely cause.
+    Counters live in the process that runs the collator (each DataLoader worker has its own copy).
+
+    Args:
+        processor (`MiniLlavaProcessor`): its chat template, tokenizer and image processor define the layout.
+        max_length (`int`, *optional*): longest merged sequence (text + image slots) kept; None keeps all.
+        max_skip_fraction (`float`): largest tolerated fraction of dropped rows (skipped + all-masked).
+        padding_side (`str`): "right" for training (explicit here, never read from the tokenizer).
+        stop_token_ids (`int | list[int]`, *optional*): end-of-turn ids; default the tokenizer's eos. Pass
+            `model.generation_config.eos_token_id` to use the model's stop ids.
+        min_rows_before_check (`int`): rows to see before `max_skip_fraction` is enforced.
+    """
+
+    def __init__(
+        self,
+        processor,
+        max_length: int | None = None,
+        max_skip_fraction: float = 0.05,
+        padding_side: str = "right",
+        stop_token_ids: int | list[int] | None = None,
+        min_rows_before_check: int = 20,
+    ):
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'right' (training) or 'left', got {padding_side!r}.")
+        if max_length is not None and max_length <= 0:
+            raise ValueError(f"max_length must be a positive int or None, got {max_length!r}.")
+        if stop_token_ids is None:
+            stop_token_ids = processor.tokenizer.eos_token_id
+        stop_token_ids = [stop_token_ids] if isinstance(stop_token_ids, int) else list(stop_token_ids or [])
+        if not stop_token_ids or not all(isinstance(i, int) for i in stop_token_ids):
+            raise ValueError(
+                f"stop_token_ids must be a non-empty list of ints, got {stop_token_ids!r}; the tokenizer has no eos, "
+                "so pass stop_token_ids=model.generation_config.eos_token_id."
+            )
+        self.processor = processor
+        self.max_length = max_length
+        self.max_skip_fraction = max_skip_fraction
+        self.padding_side = padding_side
+        self.stop_token_ids = frozenset(stop_token_ids)
+        self.min_rows_before_check = min_rows_before_check
+        self.stats = {"seen": 0, "kept": 0, "all_masked": 0, "skipped": Counter()}
+        self._logged_reasons = set()
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.stats["skipped"].values()) + self.stats["all_masked"]
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        samples = []  # (ids, image_mask, labels, images) per kept row
+        for row in rows:
+            self.stats["seen"] += 1
+            try:
+                sample = self.encode_row(row)
+            except _SkipRow as skip:
+                self._drop(row, skip.reason, skip.detail)
+                continue
+            if all(label == IGNORE_INDEX for label in sample[2]):
+                self._drop(row, "all_masked", "no assistant turn, so every label is -100")
+                continue
+            self.stats["kept"] += 1
+            samples.append(sample)
+        self._check_drop_fraction()
+        if not samples:
+            raise RuntimeError(
+                f"All {len(rows)} rows of this batch were dropped ({self._describe_drops()}); a collator cannot "
+                "return an empty batch. Fix the data or the settings named above."
+            )
+        return self.pad_batch(samples)
+
+    def encode_row(self, row: dict) -> tuple[list[int], list[bool], list[int], list[Image.Image]]:
+        """One row -> (ids, image_mask, labels, images) over the merged sequence; raises _SkipRow to drop it."""
+        if "messages" not in row:
+            raise ValueError(
+                f"Row has no 'messages' (keys: {sorted(row)}); pass raw dataset rows (SFTConfig("
+                "remove_unused_columns=False, dataset_kwargs={'skip_prepare_dataset': True}))."
+            )
+        messages, images = row["messages"], load_images(row.get("images"))
+        text = self._render(messages, add_generation_prompt=False)
+        n_markers = text.count(self.processor.image_token)
+        if n_markers != len(images):
+            raise _SkipRow("image_count_mismatch", f"{n_markers} image part(s) but {len(images)} image(s)")
+        ids, image_mask = self.processor._layout(text, len(images))
+        if self.max_length is not None and len(ids) > self.max_length:
+            raise _SkipRow("too_long", f"{len(ids)} tokens > max_length={self.max_length}")
+        labels = [IGNORE_INDEX] * len(ids)
+        for start, end in self.find_assistant_spans(messages, ids, image_mask, len(images)):
+            labels[start:end] = [IGNORE_INDEX if slot else i for i, slot in zip(ids[start:end], image_mask[start:end])]
+        return ids, image_mask, labels, images
+
+    def find_assistant_spans(self, messages, ids, image_mask, n_images) -> list[tuple[int, int]]:
+        """[start, end) of each assistant answer + end-of-turn token in `ids`, found via the prompts' token lengths."""
+        spans, previous_end = [], 0
+        for turn, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prompt = self._render(messages[:turn], add_generation_prompt=True)
+            # Same image count: in "prefix" layout every image slot comes first, also those of later turns.
+            prompt_ids, _ = self.processor._layout(prompt, n_images)
+            start = len(prompt_ids)
+            if ids[:start] != prompt_ids:
+                diff = next((i for i, (a, b) in enumerate(zip(ids, prompt_ids)) if a != b), min(len(ids), start))
+                raise _SkipRow(
+                    "tokenization_mismatch",
+                    f"prompt before message {turn} ({start} tokens) differs from the conversation at token {diff}",
+                )
+            if start < previous_end:
+                raise _SkipRow("no_end_of_turn", f"the assistant turn before message {turn} has no stop token")
+            # Image slots hold the pad id, which may be a stop id (Qwen's <|endoftext|>, Llama 3's eos): skip them.
+            end = next(
+                (i for i in range(start, len(ids)) if ids[i] in self.stop_token_ids and not image_mask[i]), None
+            )
+            if end is None:
+                raise _SkipRow("no_end_of_turn", f"no stop id {sorted(self.stop_token_ids)} after message {turn}")
+            spans.append((start, end + 1))
+            previous_end = end + 1
+        return spans
+
+    def pad_batch(self, samples) -> dict[str, torch.Tensor]:
+        """Pad every key in step on `padding_side`; labels pad with -100; pixel_values in reading order."""
+        batch = dict(self.processor._pad([(ids, mask) for ids, mask, _, _ in samples], self.padding_side, "pt"))
+        width = batch["input_ids"].shape[1]
+        labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)  # [B, T]
+        for row, (_, _, row_labels, _) in enumerate(samples):
+            span = slice(0, len(row_labels)) if self.padding_side == "right" else slice(width - len(row_labels), width)
+            labels[row, span] = torch.tensor(row_labels, dtype=torch.long)
+        batch["labels"] = labels
+        images = [image for *_, row_images in samples for image in row_images]
+        if images:
+            batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        return batch
+
+    def _render(self, messages, add_generation_prompt: bool) -> str:
+        try:
+            return self.processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        except (TemplateError, ValueError) as error:
+            raise _SkipRow("render_error", f"{type(error).__name__}: {error}") from error
+
+    def _drop(self, row: dict, reason: str, detail: str) -> None:
+        if reason == "all_masked":
+            self.stats["all_masked"] += 1
+        else:
+            self.stats["skipped"][reason] += 1
+        if reason not in self._logged_reasons:  # once per reason: the counters carry the rest
+            self._logged_reasons.add(reason)
+            logger.warning(
+                "Dropping row id=%r: %s (%s). Further rows dropped for this reason are only counted in "
+                "collator.stats.", row.get("id"), reason, detail,
+            )  # fmt: skip
+
+    def _describe_drops(self) -> str:
+        reasons = {**self.stats["skipped"], "all_masked": self.stats["all_masked"]}
+        causes = "; ".join(f"{reason}: {SKIP_HINTS[reason]}" for reason, n in reasons.items() if n)
+        return f"skipped {dict(self.stats['skipped'])}, all_masked {self.stats['all_masked']}. Likely cause: {causes}"
+
+    def _check_drop_fraction(self) -> None:
+        seen = self.stats["seen"]
+        if seen >= self.min_rows_before_check and self.dropped / seen > self.max_skip_fraction:
+            raise RuntimeError(
+                f"MiniLlavaDataCollator dropped {self.dropped} of {seen} rows ({self.dropped / seen:.1%} > "
+                f"max_skip_fraction={self.max_skip_fraction:.1%}): {self._describe_drops()}."
+            )
+
+
+__all__ = ["MiniLlavaDataCollator"]
