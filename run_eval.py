@@ -1,0 +1,363 @@
+"""Evaluate a Mini-LLaVA model (or a PEFT adapter on it) on one dataset split: batched greedy generation with answer
+confidences, the dataset's metric, abstention and selective-prediction metrics, a failure gallery, a risk-coverage plot
+and the model card.
+
+    python run_eval.py --model outputs/offline/final --dataset data/synthetic --split test --threshold_split validation
+    python run_eval.py recipes/eval_synthetic.yaml --max_samples 10
+
+Writes to --output_dir: eval_results.json, predictions.jsonl (one line per question), threshold_predictions.jsonl
+(when fitted), failures.html, risk_coverage.png; and README.md (model card) into the model or adapter folder.
+
+`metrics` in eval_results.json (scorers from metrics/<name>):
+- <metric> (exact_match, anls, vqa_accuracy, relaxed_accuracy): the RAW generated answer scored against the golds,
+  mean over ANSWERABLE rows: the field's definition, independent of the abstention threshold.
+- <metric>_after_abstention: the same rows scored on the final answer (an abstention is then a wrong answer).
+- <metric>_all_rows: raw answers over every row (an unanswerable row is right when the model said "unanswerable").
+- abstain_precision/recall/f1, hallucination_rate, abstain_rate: the final abstention decision (the model said the
+  abstention answer or nothing, or its confidence < threshold); only when the split has unanswerable rows.
+- auc, cov@r, phi@c: metrics/selective_vqa on (confidence, raw score) over all rows; phi@c needs a threshold split.
+Confidence = exp(mean log-prob of the answer tokens, stop token excluded) from the raw logits (metrics/confidence.py).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from data_scripts.schema import ABSTAIN_ANSWER, MANIFEST_NAME, load_dataset_dir, load_manifest
+from metrics.abstention.abstention import abstention_scores
+from metrics.anls.anls import anls_scores
+from metrics.confidence import answer_logprobs, confidence_from_logprobs, fit_abstain_threshold, is_abstained
+from metrics.exact_match.exact_match import exact_match_scores
+from metrics.gallery import parse_meta, plot_risk_coverage, render_gallery, select_failures, tag_failure
+from metrics.model_card import build_eval_results, push_model_card, write_model_card
+from metrics.relaxed_accuracy.relaxed_accuracy import relaxed_accuracy_scores
+from metrics.selective_vqa.selective_vqa import selective_scores
+from metrics.vqa_accuracy.vqa_accuracy import vqa_accuracy_scores
+
+LMMS_EVAL_SUFFIX = "\nAnswer the question using a single word or phrase."  # lmms-eval's default post_prompt
+EVAL_DATASETS = {
+    "docvqa": {"metric": "anls", "prompt_suffix": LMMS_EVAL_SUFFIX, "max_new_tokens": 128},  # as lmms-eval docvqa
+    "textvqa": {"metric": "vqa_accuracy", "prompt_suffix": LMMS_EVAL_SUFFIX, "max_new_tokens": 32},  # lmms-eval: none
+    "chartqa": {"metric": "relaxed_accuracy", "prompt_suffix": LMMS_EVAL_SUFFIX, "max_new_tokens": 16},  # lmms-eval
+    "synthetic": {"metric": "exact_match", "prompt_suffix": "", "max_new_tokens": 32},  # trained without a suffix
+}
+METRIC_FNS = {"exact_match": exact_match_scores, "anls": anls_scores, "vqa_accuracy": vqa_accuracy_scores,
+              "relaxed_accuracy": relaxed_accuracy_scores}
+
+
+@dataclass
+class EvalArguments:
+    model: str = field(default=None, metadata={"help": "model folder or Hub id (the base model when --adapter)"})
+    dataset: str = field(default=None, metadata={"help": "dataset folder (save_to_disk + manifest) or Hub id"})
+    adapter: str | None = field(default=None, metadata={"help": "PEFT adapter folder applied on --model"})
+    model_revision: str | None = field(default=None, metadata={"help": "Hub revision of --model"})
+    dataset_name: str | None = field(default=None, metadata={"help": f"one of {sorted(EVAL_DATASETS)}; default: "
+                                                                      "the manifest's converter / rows' source"})
+    split: str = "test"
+    max_samples: int | None = field(default=None, metadata={"help": "first N rows of each evaluated split"})
+    batch_size: int = 8
+    max_new_tokens: int | None = field(default=None, metadata={"help": "override the dataset's pinned value"})
+    output_dir: str | None = field(default=None, metadata={"help": "default <adapter or model>/eval/<name>-<split>"})
+    gallery_size: int = 24
+    threshold: float | None = field(default=None, metadata={"help": "fixed abstention threshold (no fit)"})
+    threshold_split: str | None = field(default=None, metadata={"help": "held-out split to fit the threshold on"})
+    threshold_cost: float = field(default=1.0, metadata={"help": "cost of a wrong answer in the fit objective"})
+    save_threshold: bool = field(default=False, metadata={"help": "write it to the folder's generation_config.json"})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo whose card gets the results"})
+    device: str | None = None
+
+
+def parse_args(argv=None) -> EvalArguments:
+    """CLI flags, or a YAML recipe as first positional argument with flags overriding it (as run_sft.py)."""
+    from trl import TrlParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        argv = ["--config", argv[0], *argv[1:]]
+    (args,) = TrlParser((EvalArguments,)).parse_args_and_config(argv)
+    for name in ("model", "dataset"):
+        if not getattr(args, name):
+            raise ValueError(f"--{name} is required (on the command line or in the YAML recipe).")
+    return args
+
+
+def resolve_dataset_name(name: str | None, dataset: str, splits) -> str:
+    """--dataset_name, else the manifest's converter, else the rows' `source`; must be a key of EVAL_DATASETS."""
+    if name is None and os.path.exists(os.path.join(dataset, MANIFEST_NAME)):
+        name = load_manifest(dataset).get("converter")
+    if name is None:
+        name = next((ds[0]["source"] for ds in splits.values() if len(ds)), None)
+    if name not in EVAL_DATASETS:
+        raise ValueError(f"unknown dataset name {name!r} for {dataset!r}: pass --dataset_name, one of "
+                         f"{sorted(EVAL_DATASETS)}.")
+    return name
+
+
+def select_split(splits, split: str, max_samples: int | None):
+    if split not in splits:
+        raise ValueError(f"split {split!r} is not in the dataset; it has {sorted(splits)}.")
+    ds = splits[split]
+    ds = ds.select(range(min(max_samples, len(ds)))) if max_samples is not None else ds
+    if len(ds) == 0:
+        raise ValueError(f"split {split!r} has no rows to evaluate (max_samples={max_samples}).")
+    for row_id, golds in zip(ds["id"], ds["answers"]):
+        if not golds or not all(isinstance(g, str) for g in golds):
+            raise ValueError(f"row {row_id!r} of split {split!r} has no gold answers ({golds!r}): evaluate a split "
+                             "with golds (DocVQA's test split has none; use validation).")
+    return ds
+
+
+def load_model(args: EvalArguments):
+    """(model, processor, generation_config) via the AutoClasses + remote code; PEFT on top for an adapter. The
+    generation config (stop tokens, saved abstain_threshold) is the adapter folder's when it has one."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
+
+    kwargs = {"trust_remote_code": True, "revision": args.model_revision}
+    model = AutoModelForImageTextToText.from_pretrained(args.model, **kwargs)
+    generation_config = model.generation_config
+    processor_source = args.model
+    if args.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.adapter)
+        if os.path.exists(os.path.join(args.adapter, "processor_config.json")):
+            processor_source = args.adapter  # training saves the processor next to the adapter
+        if os.path.exists(os.path.join(args.adapter, "generation_config.json")):
+            generation_config = GenerationConfig.from_pretrained(args.adapter)
+    processor = AutoProcessor.from_pretrained(processor_source, **kwargs)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.eval().to(device), processor, generation_config
+
+
+def user_turn(messages: list, suffix: str) -> dict:
+    """The row's user turn with the prompt suffix appended to its last text part."""
+    content = [dict(part) for part in messages[0]["content"]]
+    last_text = max(i for i, part in enumerate(content) if part["type"] == "text")
+    content[last_text]["text"] += suffix
+    return {"role": "user", "content": content}
+
+
+@torch.no_grad()
+def generate(model, processor, ds, suffix: str, max_new_tokens: int, batch_size: int, stop_ids: list[int]):
+    """(answers, confidences, token counts, seconds): greedy, left-padded batches, KV cache."""
+    answers, confidences, n_tokens = [], [], []
+    start = time.perf_counter()
+    with tqdm(total=len(ds), unit="sample", desc="generate") as bar:
+        for first in range(0, len(ds), batch_size):
+            batch = ds[first : first + batch_size]
+            texts = [processor.apply_chat_template([user_turn(m, suffix)], add_generation_prompt=True)
+                     for m in batch["messages"]]
+            inputs = processor(images=batch["images"], text=texts, padding_side="left").to(model.device)
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 use_cache=True, output_logits=True, return_dict_in_generate=True)
+            for tokens, logprobs in zip(out.sequences, answer_logprobs(out.sequences, out.logits, stop_ids)):
+                answers.append(processor.tokenizer.decode(tokens[: len(logprobs)], skip_special_tokens=True).strip())
+                confidences.append(confidence_from_logprobs(logprobs))
+                n_tokens.append(len(logprobs))
+            bar.update(len(texts))
+    return answers, confidences, n_tokens, time.perf_counter() - start
+
+
+def build_records(ds, answers, confidences, n_tokens, metric: str, threshold: float) -> list[dict]:
+    """One predictions.jsonl record per row: raw and final answer, confidence, scores, error tag."""
+    golds = ds["answers"]
+    abstained = [is_abstained(a, c, threshold) for a, c in zip(answers, confidences)]
+    finals = [ABSTAIN_ANSWER if flag else a for a, flag in zip(answers, abstained)]
+    scores, final_scores = METRIC_FNS[metric](answers, golds), METRIC_FNS[metric](finals, golds)
+    records = []
+    for i, row in enumerate(ds.select_columns(["id", "messages", "answerable", "question_type", "meta"])):
+        record = {"index": i, "id": row["id"], "question_type": row["question_type"], "answerable": row["answerable"],
+                  "question": user_turn(row["messages"], "")["content"][-1]["text"], "golds": golds[i],
+                  "answer": answers[i], "answer_tokens": n_tokens[i], "confidence": confidences[i],
+                  "abstained": abstained[i], "final_answer": finals[i], "score": scores[i],
+                  "final_score": final_scores[i], "error_tag": None}
+        if record["final_score"] < 1.0:
+            record["error_tag"] = tag_failure(record, parse_meta(row["meta"]))
+        records.append(record)
+    return records
+
+
+def compute_metrics(records: list[dict], metric: str, fit_records: list[dict] | None) -> dict:
+    """The `metrics` block (definitions in the module docstring)."""
+    answerable = [r for r in records if r["answerable"]]
+    mean = lambda values: sum(values) / len(values) if values else None  # None: no such rows (never a fake 0)
+    result = {metric: mean([r["score"] for r in answerable]),
+              f"{metric}_after_abstention": mean([r["final_score"] for r in answerable])}
+    if len(answerable) < len(records):
+        result[f"{metric}_all_rows"] = mean([r["score"] for r in records])
+        result.update(abstention_scores([r["abstained"] for r in records], [r["answerable"] for r in records]))
+        result["abstain_rate"] = mean([float(r["abstained"]) for r in records])
+    if len(records) >= 2:  # the risk-coverage AUC needs two points
+        fit = (None, None)
+        if fit_records:
+            fit = ([r["confidence"] for r in fit_records], [r["score"] for r in fit_records])
+        result.update(selective_scores([r["confidence"] for r in records], [r["score"] for r in records], *fit))
+    return result
+
+
+def per_question_type(records: list[dict], metric: str) -> dict:
+    groups = {}
+    for r in records:
+        groups.setdefault(r["question_type"], []).append(r)
+    mean = lambda rs, key: sum(float(r[key]) for r in rs) / len(rs)
+    return {qtype: {"count": len(rs), metric: mean(rs, "score"), "abstain_rate": mean(rs, "abstained"),
+                    "mean_confidence": mean(rs, "confidence")} for qtype, rs in sorted(groups.items())}
+
+
+def git_commit() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=False)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def save_threshold(folder: str, threshold: float, generation_config) -> str:
+    """abstain_threshold + abstain_answer into folder/generation_config.json (the demo reads them from there)."""
+    from transformers import GenerationConfig
+
+    path = os.path.join(folder, "generation_config.json")
+    config = GenerationConfig.from_pretrained(folder) if os.path.exists(path) else generation_config
+    config.abstain_threshold, config.abstain_answer = float(threshold), ABSTAIN_ANSWER
+    config.save_pretrained(folder)
+    return path
+
+
+def write_jsonl(path: str, records: list[dict]) -> None:
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def default_output_dir(target: str, name: str, split: str) -> str:
+    if os.path.isdir(target):
+        return os.path.join(target, "eval", f"{name}-{split}")
+    return os.path.join("eval_outputs", target.replace("/", "__"), f"{name}-{split}")  # a Hub id: under the cwd
+
+
+def check_threshold_args(args: EvalArguments, target: str) -> None:
+    if args.threshold is not None and args.threshold_split:
+        raise ValueError("give --threshold (fixed) or --threshold_split (fitted), not both.")
+    if args.threshold_split == args.split:
+        raise ValueError(f"--threshold_split {args.threshold_split!r} is the evaluated split: fit on a held-out one.")
+    if args.save_threshold and not (os.path.isdir(target) and (args.threshold_split or args.threshold is not None)):
+        raise ValueError(f"--save_threshold needs a local model/adapter folder (got {target!r}) and --threshold_split "
+                         "or --threshold.")
+
+
+def choose_threshold(args: EvalArguments, gen, fit_ds, metric: str, generation_config):
+    """(threshold, source, held-out records or None, fit summary or None): fitted, given, saved in the model, or 0."""
+    if fit_ds is not None:
+        answers, confidences, n_tokens, _ = gen(fit_ds)
+        fit_records = build_records(fit_ds, answers, confidences, n_tokens, metric, threshold=0.0)
+        threshold, reward = fit_abstain_threshold(answers, confidences, fit_ds["answerable"],
+                                                  [r["score"] for r in fit_records], cost=args.threshold_cost)
+        summary = {"split": args.threshold_split, "rows": len(fit_ds), "cost": args.threshold_cost,
+                   "mean_reward": reward,
+                   "objective": "max mean reward: an answer earns its score (-cost when 0), an abstention 1 on an "
+                                "unanswerable row, 0 on an answerable one; ties -> lowest threshold"}
+        return threshold, f"fitted on {args.threshold_split}", fit_records, summary
+    if args.threshold is not None:
+        return args.threshold, "argument", None, None
+    saved = getattr(generation_config, "abstain_threshold", None)
+    return (float(saved), "model generation_config", None, None) if saved is not None else (0.0, "none", None, None)
+
+
+def write_gallery_and_plot(records, ds, threshold: float, gallery_size: int, output_dir: str, title: str):
+    """failures.html (the worst `gallery_size` failures) and risk_coverage.png; returns (shown, failure counts)."""
+    selected = select_failures(records, gallery_size)
+    images = {r["id"]: ds[r["index"]]["images"][0] for r in selected}
+    failure_counts = Counter(r["error_tag"] for r in records if r["error_tag"])
+    with open(os.path.join(output_dir, "failures.html"), "w") as f:
+        f.write(render_gallery(selected, images, failure_counts, f"Failures: {title}"))
+    if len(records) >= 2:
+        plot_risk_coverage([r["confidence"] for r in records], [r["score"] for r in records], threshold,
+                           os.path.join(output_dir, "risk_coverage.png"), title)
+    return selected, failure_counts
+
+
+def count_rows(records, failure_counts, shown: int, fit_records) -> dict:
+    return {"rows": len(records), "answerable": sum(r["answerable"] for r in records),
+            "unanswerable": sum(not r["answerable"] for r in records),
+            "abstained": sum(r["abstained"] for r in records), "empty_answers": sum(not r["answer"] for r in records),
+            "failures": sum(failure_counts.values()), "gallery": shown, "threshold_rows": len(fit_records or [])}
+
+
+def run_eval(args: EvalArguments) -> dict:
+    """The whole evaluation; returns the eval_results.json content."""
+    splits = load_dataset_dir(args.dataset)
+    name = resolve_dataset_name(args.dataset_name, args.dataset, splits)
+    spec, target = EVAL_DATASETS[name], args.adapter or args.model
+    check_threshold_args(args, target)
+    ds = select_split(splits, args.split, args.max_samples)
+    fit_ds = select_split(splits, args.threshold_split, args.max_samples) if args.threshold_split else None
+    output_dir = args.output_dir or default_output_dir(target, name, args.split)
+    os.makedirs(output_dir, exist_ok=True)
+
+    model, processor, generation_config = load_model(args)
+    eos = generation_config.eos_token_id
+    stop_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+    max_new_tokens = args.max_new_tokens or spec["max_new_tokens"]
+    gen = lambda rows: generate(model, processor, rows, spec["prompt_suffix"], max_new_tokens, args.batch_size,
+                                stop_ids)
+    answers, confidences, n_tokens, seconds = gen(ds)
+    threshold, source, fit_records, threshold_fit = choose_threshold(args, gen, fit_ds, spec["metric"],
+                                                                     generation_config)
+    records = build_records(ds, answers, confidences, n_tokens, spec["metric"], threshold)
+    metrics = compute_metrics(records, spec["metric"], fit_records)
+    write_jsonl(os.path.join(output_dir, "predictions.jsonl"), records)
+    if fit_records:
+        write_jsonl(os.path.join(output_dir, "threshold_predictions.jsonl"), fit_records)
+    if args.save_threshold:
+        threshold_fit = {**(threshold_fit or {}), "saved_to": save_threshold(target, threshold, generation_config)}
+    title = f"{os.path.basename(os.path.normpath(target))} on {name}/{args.split}"
+    selected, failure_counts = write_gallery_and_plot(records, ds, threshold, args.gallery_size, output_dir, title)
+
+    manifest = load_manifest(args.dataset) if os.path.exists(os.path.join(args.dataset, MANIFEST_NAME)) else {}
+    results = {
+        "model": args.model, "model_revision": args.model_revision, "adapter": args.adapter,
+        "model_commit_hash": getattr(model.config, "_commit_hash", None),
+        "dataset": args.dataset, "dataset_name": name, "split": args.split,
+        "dataset_fingerprint": manifest.get("fingerprint") or ds._fingerprint, "git_commit": git_commit(),
+        "metric": spec["metric"], "prompt_suffix": spec["prompt_suffix"],
+        "generation": {"do_sample": False, "num_beams": 1, "use_cache": True, "padding_side": "left",
+                       "max_new_tokens": max_new_tokens, "max_new_tokens_pinned": spec["max_new_tokens"],
+                       "batch_size": args.batch_size, "stop_token_ids": stop_ids, "device": str(model.device),
+                       "dtype": str(model.dtype), "confidence": "exp(mean raw-logit log-prob of the answer tokens)"},
+        "threshold": threshold, "threshold_source": source, "threshold_fit": threshold_fit,
+        "abstain_answer": ABSTAIN_ANSWER, "counts": count_rows(records, failure_counts, len(selected), fit_records),
+        "metrics": metrics, "per_question_type": per_question_type(records, spec["metric"]),
+        "failure_tags": dict(sorted(failure_counts.items())),
+        "samples_per_second": len(records) / seconds, "args": asdict(args),
+    }
+    with open(os.path.join(output_dir, "eval_results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+
+    card = write_model_card(
+        target if os.path.isdir(target) else output_dir,
+        build_eval_results(metrics, name if os.path.exists(args.dataset) else args.dataset, name, args.split),
+        model_name=os.path.basename(os.path.normpath(target)),
+        note=f"`run_eval.py` at git {results['git_commit']}; dataset fingerprint "
+             f"{results['dataset_fingerprint'][:16]}; abstention threshold {threshold:.4f} ({source}).")
+    if args.push_to_hub:
+        push_model_card(card, args.push_to_hub)
+    print(f"[eval] {name}/{args.split}: {len(records)} rows, {results['samples_per_second']:.2f} samples/s; "
+          f"{spec['metric']} {metrics[spec['metric']]}; threshold {threshold:.4f} ({source}); -> {output_dir}")
+    return results
+
+
+def main(argv=None) -> dict:
+    return run_eval(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
