@@ -1,6 +1,6 @@
 """Mini-LLaVA: a small, honest recipe for LLaVA-style document/UI vision-language models."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # Tested ranges: transformers/trl/peft rename arguments between minors, so they are pinned to the minor we test.
 CORE = ["torch>=2.4,<2.14", "transformers>=5.24,<5.25", "pillow>=10", "numpy>=1.26"]
@@ -25,7 +25,7 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["modeling_minillava", "processing", "data_scripts", "metrics"],
+    packages=find_packages(include=["modeling_minillava", "processing", "data_scripts", "metrics", "metrics.*"]),
     py_modules=["run_sft", "run_eval"],
     install_requires=CORE,
     extras_require={

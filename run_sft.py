@@ -1,0 +1,377 @@
+"""Train Mini-LLaVA on TRL's SFTTrainer from a YAML recipe; CLI flags override the recipe.
+
+    accelerate launch run_sft.py recipes/stage2.yaml --learning_rate 1e-4
+    python run_sft.py recipes/stage1.yaml
+
+This file owns policy: which modules train (the train plan), which data, where artefacts go. The model, processor
+and collator know nothing of it.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+
+import torch
+import transformers
+from transformers import BitsAndBytesConfig, TrainerCallback, set_seed
+from trl import SFTConfig, SFTTrainer, TrlParser
+from trl.scripts.utils import DatasetMixtureConfig
+
+from data_scripts.schema import load_dataset_dir
+from modeling_minillava import MiniLlavaForConditionalGeneration
+from processing import MiniLlavaProcessor
+from processing.collator import MiniLlavaDataCollator
+
+logger = logging.getLogger("run_sft")
+COMPLETE_MARKER = "CHECKPOINT_COMPLETE"  # written after the Trainer finished a checkpoint; resume only trusts these
+LLM_LINEAR_NAMES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class ModelArguments:
+    vision_name: str | None = field(default=None, metadata={"help": "vision tower: Hub id or local folder"})
+    llm_name: str | None = field(default=None, metadata={"help": "causal LM: Hub id or local folder"})
+    init_from: str | None = field(default=None, metadata={"help": "a previous stage's output (model + processor)"})
+    projector_type: str = "mlp2x_gelu"
+    perceiver_num_latents: int = 64
+    pixel_shuffle_factor: int = 2
+    vision_feature_layer: int = -1
+    image_position: str = "user_turn"
+    # The train plan: what is trainable in this stage.
+    train_projector: bool = True
+    train_vision: bool = field(default=False, metadata={"help": "unfreeze the vision tower (tiny random towers)"})
+    llm_full: bool = False
+    llm_top_k_blocks: int = field(default=0, metadata={"help": "fully train the last k LLM blocks"})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank on the LLM; 0 disables LoRA"})
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LLM_LINEAR_NAMES))
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: 4-bit NF4 LLM (vision + projector stay)"})
+    load_in_8bit: bool = False
+    dtype: str = field(default="float32", metadata={"help": "weights dtype: float32 | bfloat16 | float16"})
+    attn_implementation: str | None = None
+
+
+@dataclass
+class DataArguments(DatasetMixtureConfig):
+    """TRL's dataset mixture (`datasets: [{path, split, fraction}, ...]`), read with our loader (save_to_disk folders
+    and Hub ids of datasets in the canonical schema)."""
+
+    eval_split: str | None = "validation"
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    max_skip_fraction: float = 0.05
+
+
+class MarkCompleteCheckpoints(TrainerCallback):
+    """`on_save` fires after the Trainer wrote everything, so the marker proves the checkpoint is whole."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            open(os.path.join(path, COMPLETE_MARKER), "w").close()
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """Newest checkpoint-N that holds the completion marker; a half-written one (killed mid-save) is skipped."""
+    if not os.path.isdir(output_dir):
+        return None
+    names = [n for n in os.listdir(output_dir) if n.startswith("checkpoint-") and n.split("-")[1].isdigit()]
+    for name in sorted(names, key=lambda n: int(n.split("-")[1]), reverse=True):
+        if os.path.exists(os.path.join(output_dir, name, COMPLETE_MARKER)):
+            return os.path.join(output_dir, name)
+        logger.warning(f"Skipping {name}: no {COMPLETE_MARKER} (interrupted while saving).")
+    return None
+
+
+def check_types(*configs) -> None:
+    """YAML values reach dataclasses unconverted: reject a wrong type at parse time, naming the key."""
+    for cfg in configs:
+        hints = typing.get_type_hints(type(cfg))
+        for f in dataclasses.fields(cfg):
+            value, hint = getattr(cfg, f.name), hints.get(f.name)
+            is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+            allowed = typing.get_args(hint) if is_union else (hint,)
+            simple = [t for t in allowed if t in (int, float, bool, str)]
+            if value is None or not simple or len(simple) != len([t for t in allowed if t is not type(None)]):
+                continue
+            ok = any(isinstance(value, t) and not (t is not bool and isinstance(value, bool)) for t in simple)
+            ok |= float in simple and isinstance(value, int) and not isinstance(value, bool)
+            if not ok:
+                names = "/".join(t.__name__ for t in simple)
+                raise ValueError(f"Recipe key {f.name!r} must be {names}, got {value!r} ({type(value).__name__}).")
+
+
+def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, SFTConfig]:
+    if argv and argv[0].endswith((".yaml", ".yml")):  # `run_sft.py recipe.yaml [--flag value ...]`
+        argv = ["--config", argv[0], *argv[1:]]
+    if "--config" in argv:
+        path = argv[argv.index("--config") + 1]
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Recipe {path!r} does not exist (cwd: {os.getcwd()}).")
+    model_args, data_args, training_args = TrlParser((ModelArguments, DataArguments, SFTConfig)).parse_args_and_config(
+        argv
+    )
+    check_types(model_args, data_args)
+    if not data_args.datasets:
+        raise ValueError("The recipe lists no `datasets`; add e.g. `datasets: [{path: data/synthetic}]`.")
+    if not (model_args.init_from or (model_args.vision_name and model_args.llm_name)):
+        raise ValueError("Set `init_from` (a previous stage's output) or both `vision_name` and `llm_name`.")
+    if model_args.llm_full and model_args.lora_r:
+        raise ValueError("`llm_full: true` and `lora_r > 0` conflict: pick full fine-tuning or LoRA.")
+    # Our collator builds the batches: TRL must neither re-tokenise nor drop the raw columns.
+    training_args.remove_unused_columns = False
+    training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    training_args.max_length = None
+    return model_args, data_args, training_args
+
+
+def load_mixture(data_args: DataArguments, split_of=lambda cfg: cfg.split, limit=None):
+    """Concatenate the mixture's datasets; `fraction`s follow TRL's (shares of the mixture, no oversampling)."""
+    import datasets
+
+    parts, fingerprints = [], {}
+    for cfg in data_args.datasets:
+        dd = load_dataset_dir(cfg.path, name=cfg.name) if cfg.name else load_dataset_dir(cfg.path)
+        split = split_of(cfg)
+        if split not in dd:
+            raise ValueError(f"Dataset {cfg.path!r} has no split {split!r}; it has {list(dd)}.")
+        ds = dd[split].select_columns(cfg.columns) if cfg.columns else dd[split]
+        parts.append(ds)
+        manifest = os.path.join(cfg.path, "manifest.json")
+        if os.path.exists(manifest):
+            with open(manifest) as f:
+                fingerprints[cfg.path] = json.load(f).get("fingerprint")
+    fractions = [cfg.fraction for cfg in data_args.datasets]
+    if any(f is not None for f in fractions):
+        weights = [(f or 0.0) / sum(f or 0.0 for f in fractions) for f in fractions]
+        total = min(len(ds) / w for ds, w in zip(parts, weights) if w > 0)
+        parts = [ds.select(range(min(len(ds), round(w * total)))) for ds, w in zip(parts, weights)]
+    mixed = datasets.concatenate_datasets([p for p in parts if len(p)])
+    if limit is not None:
+        mixed = mixed.select(range(min(limit, len(mixed))))
+    return mixed, fingerprints
+
+
+def build_model(args: ModelArguments, training_args: SFTConfig):
+    dtype = getattr(torch, args.dtype)
+    if args.load_in_4bit or args.load_in_8bit:
+        if not args.init_from:
+            raise ValueError("QLoRA/8-bit loads a saved MiniLlava: set `init_from` to the stage-1 output.")
+        quant = BitsAndBytesConfig(
+            load_in_4bit=args.load_in_4bit,
+            load_in_8bit=args.load_in_8bit,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+            llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"],  # never quantized
+        )
+        device_map = "cpu" if training_args.use_cpu else {"": int(os.environ.get("LOCAL_RANK", 0))}
+        model = MiniLlavaForConditionalGeneration.from_pretrained(
+            args.init_from, dtype=dtype, quantization_config=quant, device_map=device_map
+        )
+    elif args.init_from:
+        model = MiniLlavaForConditionalGeneration.from_pretrained(
+            args.init_from, dtype=dtype, attn_implementation=args.attn_implementation
+        )
+    else:
+        model = MiniLlavaForConditionalGeneration.from_backbones(
+            args.vision_name,
+            args.llm_name,
+            dtype=dtype,
+            attn_implementation=args.attn_implementation,
+            projector_type=args.projector_type,
+            perceiver_num_latents=args.perceiver_num_latents,
+            pixel_shuffle_factor=args.pixel_shuffle_factor,
+            vision_feature_layer=args.vision_feature_layer,
+            image_position=args.image_position,
+        )
+    source = args.init_from or None
+    processor = (
+        MiniLlavaProcessor.from_pretrained(source)
+        if source
+        else MiniLlavaProcessor.from_backbones(args.vision_name, args.llm_name, config=model.config)
+    )
+    return model, processor
+
+
+def apply_train_plan(model, args: ModelArguments, gradient_checkpointing: bool):
+    """Freeze everything, then unfreeze what the recipe declares; LoRA goes on the LLM only."""
+    model.requires_grad_(False)
+    inner = model.model
+    inner.multi_modal_projector.requires_grad_(args.train_projector)
+    inner.vision_tower.requires_grad_(args.train_vision)
+    layers = inner.language_model.layers
+    top_k = list(range(len(layers) - args.llm_top_k_blocks, len(layers))) if args.llm_top_k_blocks else []
+    if args.llm_full:
+        inner.language_model.requires_grad_(True)
+        model.lm_head.requires_grad_(True)
+    for i in top_k:
+        layers[i].requires_grad_(True)
+    if args.load_in_4bit or args.load_in_8bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        disable_bnb_cpu_repack(model)
+    if not args.lora_r:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    if gradient_checkpointing:  # before get_peft_model, so PEFT wires input grads for checkpointed blocks
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora_layers = [str(i) for i in range(len(layers)) if i not in top_k]
+    config = LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        # A regex restricted to the LLM (a plain list would also hit SigLIP's q/k/v) and to the non-top-k blocks.
+        target_modules=rf".*language_model\.layers\.({'|'.join(lora_layers)})\..*\.({'|'.join(args.lora_target_modules)})",
+        # Saved with the adapter, so a checkpoint is whole: the projector and fully-trained blocks.
+        modules_to_save=(["multi_modal_projector"] if args.train_projector else [])
+        + [f"language_model.layers.{i}" for i in top_k]
+        + (["vision_tower"] if args.train_vision else []),
+    )
+    return get_peft_model(model, config)
+
+
+def disable_bnb_cpu_repack(model) -> None:
+    """bitsandbytes 0.50 repacks 4-bit weights on the first CPU no_grad forward, after which training forwards
+    fail (STACK.md); turning the repack off keeps eval + train interleaving working on CPU."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def describe_train_plan(model) -> str:
+    """One line per top-level module: TRAINABLE / PARTIAL / FROZEN with parameter counts (tied weights once)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lines = []
+    modules = {**dict(base.model.named_children()), "lm_head": base.lm_head}
+    seen = set()
+    for name, module in modules.items():
+        params = [p for p in module.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in params)
+        total, trainable = sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+        state = "TRAINABLE" if trainable == total and total else "PARTIAL" if trainable else "FROZEN"
+        state = "TIED" if not total else state  # lm_head sharing the input embeddings, counted there
+        lines.append(f"  {name:<24} {state:<10} {trainable:>14,} / {total:>14,}")
+    return "Train plan:\n" + "\n".join(lines)
+
+
+def run_info(model_args, data_args, training_args, fingerprints) -> dict:
+    def git(*cmd):
+        here = os.path.dirname(os.path.abspath(__file__))
+        try:
+            return subprocess.run(["git", *cmd], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    import importlib.metadata as md
+
+    packages = ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "deepspeed"]
+    versions = {}
+    for pkg in packages:
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "command": sys.argv,
+        "model_args": dataclasses.asdict(model_args),
+        "data_args": dataclasses.asdict(data_args),
+        "training_args": json.loads(training_args.to_json_string()),
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain")),
+        "dataset_fingerprints": fingerprints,
+        "packages": versions,
+        "seed": training_args.seed,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO if training_args.process_index == 0 else logging.WARNING)
+    if "mlflow" in (training_args.report_to or []) and "MLFLOW_TRACKING_URI" not in os.environ:
+        os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///" + os.path.abspath(
+            os.path.join(training_args.output_dir, "mlflow.db")
+        )  # offline, next to the run
+    set_seed(training_args.seed)
+
+    train_ds, fingerprints = load_mixture(data_args, limit=data_args.max_train_samples)
+    eval_ds = None
+    if data_args.eval_split and training_args.eval_strategy != "no":
+        eval_split = data_args.eval_split
+        eval_ds, _ = load_mixture(data_args, split_of=lambda cfg: eval_split, limit=data_args.max_eval_samples)
+
+    model, processor = build_model(model_args, training_args)
+    model = apply_train_plan(model, model_args, training_args.gradient_checkpointing)
+    if training_args.gradient_checkpointing:
+        training_args.gradient_checkpointing_kwargs = training_args.gradient_checkpointing_kwargs or {
+            "use_reentrant": False
+        }
+    stop_ids = model.generation_config.eos_token_id
+    collator = MiniLlavaDataCollator(
+        processor,
+        stop_token_ids=stop_ids if isinstance(stop_ids, list) else [stop_ids],
+        max_skip_fraction=data_args.max_skip_fraction,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=processor,
+        data_collator=collator,
+        callbacks=[MarkCompleteCheckpoints()],
+    )
+    if trainer.is_world_process_zero():
+        logger.info(describe_train_plan(trainer.model))
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        with open(os.path.join(training_args.output_dir, "run_info.json"), "w") as f:
+            json.dump(run_info(model_args, data_args, training_args, fingerprints), f, indent=2, default=str)
+
+    resume = training_args.resume_from_checkpoint
+    if resume in (True, "true", "True", "last"):
+        resume = last_complete_checkpoint(training_args.output_dir)
+        logger.info(f"Resuming from {resume}" if resume else "No complete checkpoint to resume from; starting fresh.")
+    result = trainer.train(resume_from_checkpoint=resume or None)
+    trainer.save_model()  # every rank: ZeRO-3 gathers the shards
+    summary = summarize(trainer, result, collator, len(train_ds))
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(training_args.output_dir)
+        if model_args.lora_r and not (model_args.load_in_4bit or model_args.load_in_8bit):
+            merged = trainer.model.merge_and_unload()  # a whole model for run_eval, the demo and the Hub
+            merged.save_pretrained(os.path.join(training_args.output_dir, "merged"))
+            processor.save_pretrained(os.path.join(training_args.output_dir, "merged"))
+        with open(os.path.join(training_args.output_dir, "train_results.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        logger.info(f"Artefacts in {os.path.abspath(training_args.output_dir)}: {json.dumps(summary)}")
+    return summary
+
+
+def summarize(trainer, result, collator, n_train: int) -> dict:
+    losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    return {
+        "first_loss": losses[0][1] if losses else math.nan,
+        "last_loss": losses[-1][1] if losses else math.nan,
+        "losses": losses,
+        "global_step": trainer.state.global_step,
+        "train_runtime": result.metrics.get("train_runtime"),
+        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+        "train_rows": n_train,
+        "collator": dict(collator.stats),
+        "transformers": transformers.__version__,
+    }
+
+
+if __name__ == "__main__":
+    main()
