@@ -43,7 +43,9 @@ class ModelArguments:
     perceiver_num_latents: int = 64
     pixel_shuffle_factor: int = 2
     vision_feature_layer: int = -1
-    image_position: str = "user_turn"
+    image_position: str | None = field(
+        default=None, metadata={"help": "prefix | user_turn; default: user_turn, or init_from's layout"}
+    )
     # The train plan: what is trainable in this stage.
     train_projector: bool = True
     train_vision: bool = field(default=False, metadata={"help": "unfreeze the vision tower (tiny random towers)"})
@@ -191,14 +193,13 @@ def build_model(args: ModelArguments, training_args: SFTConfig):
             perceiver_num_latents=args.perceiver_num_latents,
             pixel_shuffle_factor=args.pixel_shuffle_factor,
             vision_feature_layer=args.vision_feature_layer,
-            image_position=args.image_position,
+            image_position=args.image_position or "user_turn",
         )
-    source = args.init_from or None
-    processor = (
-        MiniLlavaProcessor.from_pretrained(source)
-        if source
-        else MiniLlavaProcessor.from_backbones(args.vision_name, args.llm_name, config=model.config)
-    )
+    if not args.init_from:
+        return model, MiniLlavaProcessor.from_backbones(args.vision_name, args.llm_name, config=model.config)
+    processor = MiniLlavaProcessor.from_pretrained(args.init_from)
+    if args.image_position:  # the layout is the processor's; the config records it for whoever loads the result
+        processor.image_position = model.config.image_position = args.image_position
     return model, processor
 
 
