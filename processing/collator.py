@@ -145,7 +145,7 @@ class MiniLlavaDataCollator:
         n_markers = text.count(self.processor.image_token)
         if n_markers != len(images):
             raise _SkipRow("image_count_mismatch", f"{n_markers} image part(s) but {len(images)} image(s)")
-        ids, image_mask = self.processor._layout(text, len(images))
+        ids, image_mask = self.processor.layout_text(text, len(images))
         if self.max_length is not None and len(ids) > self.max_length:
             raise _SkipRow("too_long", f"{len(ids)} tokens > max_length={self.max_length}")
         labels = [IGNORE_INDEX] * len(ids)
@@ -161,7 +161,7 @@ class MiniLlavaDataCollator:
                 continue
             prompt = self._render(messages[:turn], add_generation_prompt=True)
             # Same image count: in "prefix" layout every image slot comes first, also those of later turns.
-            prompt_ids, _ = self.processor._layout(prompt, n_images)
+            prompt_ids, _ = self.processor.layout_text(prompt, n_images)
             start = len(prompt_ids)
             if ids[:start] != prompt_ids:
                 diff = next((i for i, (a, b) in enumerate(zip(ids, prompt_ids)) if a != b), min(len(ids), start))
@@ -183,7 +183,7 @@ class MiniLlavaDataCollator:
 
     def pad_batch(self, samples) -> dict[str, torch.Tensor]:
         """Pad every key in step on `padding_side`; labels pad with -100; pixel_values in reading order."""
-        batch = dict(self.processor._pad([(ids, mask) for ids, mask, _, _ in samples], self.padding_side, "pt"))
+        batch = dict(self.processor.pad_rows([(ids, mask) for ids, mask, _, _ in samples], self.padding_side, "pt"))
         width = batch["input_ids"].shape[1]
         labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)  # [B, T]
         for row, (_, _, row_labels, _) in enumerate(samples):

@@ -188,13 +188,13 @@ class MiniLlavaProcessor(ProcessorMixin):
                 f"The text has {sum(markers)} {self.image_token} marker(s) (per sample: {markers}) but {len(images)} "
                 f"image(s) were given; give exactly one image per {{'type': 'image'}} part, in order."
             )
-        rows = [self._layout(t, n) for t, n in zip(texts, markers)]
-        data = self._pad(rows, padding_side or self.tokenizer.padding_side, return_tensors)
+        rows = [self.layout_text(t, n) for t, n in zip(texts, markers)]
+        data = self.pad_rows(rows, padding_side or self.tokenizer.padding_side, return_tensors)
         if images:
             data["pixel_values"] = self.image_processor(images, return_tensors="pt")["pixel_values"]
         return BatchFeature(data=data, tensor_type=None)
 
-    def _layout(self, text: str, n_images: int) -> tuple[list[int], list[bool]]:
+    def layout_text(self, text: str, n_images: int) -> tuple[list[int], list[bool]]:
         """One sample's token ids and image-slot mask, with `num_image_tokens` slots per image marker."""
         slots = [self.pad_token_id] * self.num_image_tokens
         if self.image_position == "prefix":
@@ -209,7 +209,7 @@ class MiniLlavaProcessor(ProcessorMixin):
             mask += [True] * len(slots) + [False] * len(seg)
         return ids, mask
 
-    def _pad(self, rows, side: str, return_tensors):
+    def pad_rows(self, rows, side: str, return_tensors):
         # tokenizer.pad knows nothing of image_mask, so rows are padded here (a few lines, all keys in step).
         if side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
