@@ -164,3 +164,32 @@ def test_batched_cached_generate_equals_full_recompute_reference(build, side, ll
         out = model.generate(**batch, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
         reference = [_greedy_reference(model, batch, row, steps) for row in range(3)]
     assert out.tolist() == reference
+
+
+def test_from_backbones_keeps_pretrained_weights_even_from_a_full_siglip_checkpoint(backbones, tmp_path):
+    """google/siglip-so400m-patch14-384 is a full SiglipModel (text + vision): only its vision half is taken."""
+    from transformers import AutoModelForCausalLM, SiglipConfig, SiglipModel
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    from modeling_minillava import MiniLlavaForConditionalGeneration
+    from processing import MiniLlavaProcessor
+
+    vision = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    text = {**vision, "num_hidden_layers": 1, "vocab_size": 99}
+    torch.manual_seed(0)
+    full = SiglipModel(SiglipConfig(text_config=text, vision_config={**vision, "image_size": 32, "patch_size": 8}))
+    full.save_pretrained(tmp_path)
+    SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+
+    model = MiniLlavaForConditionalGeneration.from_backbones(str(tmp_path), backbones["llm-qwen2"])
+    assert model.config.vision_config.model_type == "siglip_vision_model" and model.config.num_image_tokens == 16
+    tower = model.model.vision_tower.state_dict()
+    assert tower.keys() == full.vision_model.state_dict().keys()
+    assert all(torch.equal(tower[k], v) for k, v in full.vision_model.state_dict().items())
+    llm = AutoModelForCausalLM.from_pretrained(backbones["llm-qwen2"])
+    assert all(torch.equal(model.model.language_model.state_dict()[k], v) for k, v in llm.model.state_dict().items())
+    assert torch.equal(model.lm_head.weight, llm.lm_head.weight)
+    proj = model.model.multi_modal_projector.linear_1.weight
+    assert torch.isfinite(proj).all() and 0.01 < float(proj.std()) < 0.03  # freshly initialised (std 0.02)
+    processor = MiniLlavaProcessor.from_backbones(str(tmp_path), backbones["llm-qwen2"], config=model.config)
+    assert processor.num_image_tokens == 16
