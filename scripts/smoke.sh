@@ -8,6 +8,7 @@ OUT="${1:-outputs/offline}"
 mkdir -p "$OUT/recipes"
 OUT="$(cd "$OUT" && pwd)"
 START=$(date +%s)
+export MLFLOW_TRACKING_URI="sqlite:///$OUT/mlflow.db" MLFLOW_EXPERIMENT_NAME=minillava-offline  # offline tracking
 
 # 1. Backbones: tiny SigLIP/CLIP towers + tiny Qwen2/Llama LLMs with locally trained tokenizers (stand-ins for the Hub).
 python -m data_scripts.make_tiny_backbones --out "$OUT/backbones"
