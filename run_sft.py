@@ -173,7 +173,8 @@ def build_model(args: ModelArguments, training_args: SFTConfig):
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
-            llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"],  # never quantized
+            # never quantized; transformers 5 matches these from the start of the module path, so full paths
+            llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector", "lm_head"],
         )
         device_map = "cpu" if training_args.use_cpu else {"": int(os.environ.get("LOCAL_RANK", 0))}
         model = MiniLlavaForConditionalGeneration.from_pretrained(
