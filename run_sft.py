@@ -7,6 +7,7 @@ This file owns policy: which modules train (the train plan), which data, where a
 and collator know nothing of it.
 """
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -118,9 +119,11 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, SFTConfi
         path = argv[argv.index("--config") + 1]
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Recipe {path!r} does not exist (cwd: {os.getcwd()}).")
-    model_args, data_args, training_args = TrlParser((ModelArguments, DataArguments, SFTConfig)).parse_args_and_config(
-        argv
-    )
+    parser = TrlParser((ModelArguments, DataArguments, SFTConfig), exit_on_error=False)
+    try:
+        model_args, data_args, training_args = parser.parse_args_and_config(argv)
+    except argparse.ArgumentError as error:  # e.g. `lora_r: eight`; argparse would sys.exit() from inside main()
+        raise ValueError(f"Bad recipe or flag value: {error}.") from error
     check_types(model_args, data_args)
     if not data_args.datasets:
         raise ValueError("The recipe lists no `datasets`; add e.g. `datasets: [{path: data/synthetic}]`.")
