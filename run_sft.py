@@ -131,6 +131,8 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, SFTConfi
         raise ValueError("Set `init_from` (a previous stage's output) or both `vision_name` and `llm_name`.")
     if model_args.llm_full and model_args.lora_r:
         raise ValueError("`llm_full: true` and `lora_r > 0` conflict: pick full fine-tuning or LoRA.")
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.init_from:
+        raise ValueError("QLoRA/8-bit loads a saved MiniLlava: set `init_from` to the stage-1 output.")
     # Our collator builds the batches: TRL must neither re-tokenise nor drop the raw columns.
     training_args.remove_unused_columns = False
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
@@ -167,9 +169,7 @@ def load_mixture(data_args: DataArguments, split_of=lambda cfg: cfg.split, limit
 
 def build_model(args: ModelArguments, training_args: SFTConfig):
     dtype = getattr(torch, args.dtype)
-    if args.load_in_4bit or args.load_in_8bit:
-        if not args.init_from:
-            raise ValueError("QLoRA/8-bit loads a saved MiniLlava: set `init_from` to the stage-1 output.")
+    if args.load_in_4bit or args.load_in_8bit:  # parse_args checked that init_from is set
         quant = BitsAndBytesConfig(
             load_in_4bit=args.load_in_4bit,
             load_in_8bit=args.load_in_8bit,
