@@ -263,7 +263,8 @@ def describe_train_plan(model) -> str:
     modules = {**dict(base.model.named_children()), "lm_head": base.lm_head}
     seen = set()
     for name, module in modules.items():
-        params = [p for p in module.parameters() if id(p) not in seen]
+        # PEFT's modules_to_save trains a copy and keeps the frozen `original_module`: count the copy only.
+        params = [p for n, p in module.named_parameters() if "original_module." not in n and id(p) not in seen]
         seen.update(id(p) for p in params)
         total, trainable = sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
         state = "TRAINABLE" if trainable == total and total else "PARTIAL" if trainable else "FROZEN"
