@@ -310,6 +310,12 @@ def main(argv: list[str] | None = None) -> dict:
         os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///" + os.path.abspath(
             os.path.join(training_args.output_dir, "mlflow.db")
         )  # offline, next to the run
+    if training_args.deepspeed and training_args.use_cpu and torch.distributed.is_initialized():
+        # On GPUs accelerate starts deepspeed.comm; on CPU it does not, and ZeRO-3's zero.Init inside from_pretrained
+        # then sees world size 1 and fails ("train_batch_size is not equal to ... 16 != 8 * 1 * 1").
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
     set_seed(training_args.seed)
 
     train_ds, fingerprints = load_mixture(data_args, limit=data_args.max_train_samples)
