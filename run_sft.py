@@ -133,6 +133,11 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, SFTConfi
         raise ValueError("`llm_full: true` and `lora_r > 0` conflict: pick full fine-tuning or LoRA.")
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.init_from:
         raise ValueError("QLoRA/8-bit loads a saved MiniLlava: set `init_from` to the stage-1 output.")
+    if transformers.integrations.is_deepspeed_zero3_enabled() and not model_args.init_from:
+        raise ValueError(
+            "DeepSpeed ZeRO-3 needs `init_from` (a saved MiniLlava, e.g. the stage-1 output): from_backbones builds "
+            "its skeleton on the meta device, which ZeRO-3's sharded init cannot fill. Run stage 1 with DDP or ZeRO-2."
+        )
     # Our collator builds the batches: TRL must neither re-tokenise nor drop the raw columns.
     training_args.remove_unused_columns = False
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
