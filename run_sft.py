@@ -271,7 +271,8 @@ def describe_train_plan(model) -> str:
         # PEFT's modules_to_save trains a copy and keeps the frozen `original_module`: count the copy only.
         params = [p for n, p in module.named_parameters() if "original_module." not in n and id(p) not in seen]
         seen.update(id(p) for p in params)
-        total, trainable = sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+        numel = [getattr(p, "ds_numel", p.numel()) for p in params]  # ZeRO-3 leaves each rank an empty shard
+        total, trainable = sum(numel), sum(n for n, p in zip(numel, params) if p.requires_grad)
         state = "TRAINABLE" if trainable == total and total else "PARTIAL" if trainable else "FROZEN"
         state = "TIED" if not total else state  # lm_head sharing the input embeddings, counted there
         lines.append(f"  {name:<24} {state:<10} {trainable:>14,} / {total:>14,}")
