@@ -133,6 +133,10 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, SFTConfi
         raise ValueError("`llm_full: true` and `lora_r > 0` conflict: pick full fine-tuning or LoRA.")
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.init_from:
         raise ValueError("QLoRA/8-bit loads a saved MiniLlava: set `init_from` to the stage-1 output.")
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and not (training_args.bf16 or training_args.fp16):
+        # SFTTrainer casts a quantized model's trainable weights (LoRA, the projector copy) to bfloat16, while PEFT's
+        # kbit preparation keeps the vision tower in float32: only autocast makes the two meet (else step 1 fails).
+        raise ValueError("QLoRA/8-bit needs mixed precision: set `bf16: true` (with `use_cpu: true` on a CPU).")
     if transformers.integrations.is_deepspeed_zero3_enabled() and not model_args.init_from:
         raise ValueError(
             "DeepSpeed ZeRO-3 needs `init_from` (a saved MiniLlava, e.g. the stage-1 output): from_backbones builds "
