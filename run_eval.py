@@ -15,6 +15,8 @@ Writes to --output_dir: eval_results.json, predictions.jsonl (one line per quest
 - <metric>_all_rows: raw answers over every row (an unanswerable row is right when the model said "unanswerable").
 - abstain_precision/recall/f1, hallucination_rate, abstain_rate: the final abstention decision (the model said the
   abstention answer or nothing, or its confidence < threshold); only when the split has unanswerable rows.
+- model_abstain_precision/recall/f1, model_hallucination_rate: the same for the model's own abstentions alone (no
+  threshold): what training taught.
 - auc, cov@r, phi@c: metrics/selective_vqa on (confidence, raw score) over all rows; phi@c needs a threshold split.
 Confidence = exp(mean log-prob of the answer tokens, stop token excluded) from the raw logits (metrics/confidence.py).
 """
@@ -194,6 +196,11 @@ def compute_metrics(records: list[dict], metric: str, fit_records: list[dict] | 
         result[f"{metric}_all_rows"] = mean([r["score"] for r in records])
         result.update(abstention_scores([r["abstained"] for r in records], [r["answerable"] for r in records]))
         result["abstain_rate"] = mean([float(r["abstained"]) for r in records])
+        # The model's own abstentions (it said the abstention answer or nothing), before any confidence threshold:
+        # what training taught, separate from the post-hoc threshold policy above.
+        said = [is_abstained(r["answer"], 1.0, 0.0) for r in records]
+        own = abstention_scores(said, [r["answerable"] for r in records])
+        result.update({f"model_{k}": v for k, v in own.items()})
     if len(records) >= 2:  # the risk-coverage AUC needs two points
         fit = (None, None)
         if fit_records:

@@ -98,6 +98,10 @@ def test_metrics_equal_recomputation_from_predictions(evaluated):
         / len(answerable),
         "exact_match_all_rows": sum(scores) / len(scores),
         **abstention_scores(abstained, [r["answerable"] for r in records]),
+        # the model's own abstentions: the answer text alone, whatever the confidence
+        **{f"model_{k}": v for k, v in abstention_scores(
+            [r["answer"].strip().lower() in ("", "unanswerable") for r in records], [r["answerable"] for r in records]
+        ).items()},
         **selective_scores([r["confidence"] for r in records], scores, [r["confidence"] for r in fit_records],
                            [r["score"] for r in fit_records]),
     }
