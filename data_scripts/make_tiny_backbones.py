@@ -29,7 +29,7 @@ from transformers import (
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-IMAGE_SIZE, PATCH_SIZE = 64, 8  # 8x8 = 64 patches per image
+IMAGE_SIZE, PATCH_SIZE = 128, 16  # 8x8 = 64 patches per image; 128 px keeps coarse document text visible
 VOCAB_SIZE = 1024
 
 CHATML_TEMPLATE = (

@@ -1,13 +1,13 @@
 """Summarise the offline default run (scripts/smoke.sh): OUT/summary.json, printed, and a non-zero exit when the run
-did not show learning (stage-1 loss must at least halve; stage 2 must beat stage 1 on held-out exact match and
-abstention F1)."""
+did not show learning (stage-1 loss must at least halve; stage 2 must beat stage 1 on held-out exact match and on
+the F1 of the model's own abstentions on unanswerable questions)."""
 
 import argparse
 import json
 import os
 import sys
 
-FIELDS = ("exact_match", "abstain_f1", "hallucination_rate", "abstain_precision", "abstain_recall", "auc")
+FIELDS = ("exact_match", "model_abstain_f1", "model_hallucination_rate", "abstain_f1", "hallucination_rate", "auc")
 
 
 def stage_summary(out: str, stage: str) -> dict:
@@ -38,7 +38,8 @@ def main() -> int:
     checks = {
         "stage1_loss_at_least_halved": s1["last_loss"] <= s1["first_loss"] / 2,
         "stage2_beats_stage1_exact_match": s2["exact_match"] > s1["exact_match"],
-        "stage2_beats_stage1_abstain_f1": s2["abstain_f1"] > s1["abstain_f1"],
+        # the model's own abstentions: the thresholded F1 mostly measures the post-hoc policy fitted on validation
+        "stage2_beats_stage1_model_abstain_f1": s2["model_abstain_f1"] > s1["model_abstain_f1"],
     }
     summary = {
         "stage1": s1,

@@ -43,7 +43,7 @@ def test_user_turn_layout_puts_slots_exactly_at_the_marker(qwen):
     assert out["input_ids"][0].tolist() == expected_ids
     assert out["image_mask"][0].tolist() == [False] * len(ids_before) + [True] * n + [False] * len(ids_after)
     assert out["attention_mask"][0].tolist() == [1] * len(expected_ids)
-    assert out["pixel_values"].shape == (1, 3, 64, 64)
+    assert out["pixel_values"].shape == (1, 3, 128, 128)
 
 
 def test_prefix_layout_puts_all_slots_first(backbones, build):
@@ -127,7 +127,7 @@ def test_tokenized_chat_template_includes_pixels(qwen):
         }
     ]
     out = qwen.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
-    assert out["pixel_values"].shape == (1, 3, 64, 64) and int(out["image_mask"].sum()) == 64
+    assert out["pixel_values"].shape == (1, 3, 128, 128) and int(out["image_mask"].sum()) == 64
 
 
 def test_save_and_load_round_trip(qwen, tmp_path):
