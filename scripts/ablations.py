@@ -100,6 +100,9 @@ def bootstrap_ci(a: dict, b: dict, n_boot: int = 10000, seed: int = 0) -> list[f
 def compare(name: str, question: str, arm_a: str, arm_b: str, per_seed_a: dict, per_seed_b: dict, metric: str) -> dict:
     a = {s: r[metric] for s, r in per_seed_a.items() if is_number(r.get(metric))}
     b = {s: r[metric] for s, r in per_seed_b.items() if is_number(r.get(metric))}
+    common = set(a) & set(b)
+    if common:  # a paired design: compare on the seeds both arms ran, so means, test and CI agree
+        a, b = {k: v for k, v in a.items() if k in common}, {k: v for k, v in b.items() if k in common}
     mean = lambda v: float(np.mean(list(v.values()))) if v else None
     std = lambda v: float(np.std(list(v.values()), ddof=1)) if len(v) >= 2 else None
     p, ci = welch_p_value(list(a.values()), list(b.values())), bootstrap_ci(a, b)

@@ -345,6 +345,12 @@ def failure_section(smoke: dict | None, smoke_dir: str | None, per_tag: int = 2)
             for r in [r for r in records if r.get("error_tag") == tag][:per_tag]:
                 examples.append([tag, r["question"].replace("|", "/").replace("\n", " "), " / ".join(r["golds"]),
                                  r["answer"] or "(empty)", round(r["confidence"], 3)])
+        false_abst = [r for r in records if r.get("error_tag") == "false_abstention"]
+        right = sum(1 for r in false_abst if r.get("score", 0) >= 1)
+        if false_abst:
+            out.append(f"Of the {len(false_abst)} false abstentions, {right} had a right raw answer that the fitted "
+                       "threshold withheld (confidence below it): part of this failure mode is the confidence "
+                       "calibration, not the answer.")
         out += ["Examples (the first of each tag in `predictions.jsonl`; the HTML gallery with the images is "
                 "`<smoke out>/eval/stage2/failures.html`):",
                 table(["tag", "question", "gold", "model answer", "confidence"], examples)]
@@ -410,10 +416,12 @@ def conclusions(abl: dict) -> str:
     em = [a["mean"].get("exact_match") for a in abl["arms"].values() if a["mean"].get("exact_match") is not None]
     if em and max(em) == 0:
         lines.append("- Exact match is 0 for every arm at this budget (the tiny random model has not learned to "
-                     "answer yet), so the accuracy comparisons carry no information; final loss is the metric that "
-                     "separates the arms here.")
-    seeds = abl["config"].get("seeds") or []
-    lines.append(f"- With {len(seeds)} seed(s) per arm, Welch's test has little power and the bootstrap CI can only "
+                     "answer yet), so the accuracy and abstention comparisons carry no information; final loss is "
+                     "the only quality metric that varies between arms here.")
+    n = sorted({a["n_seeds"] for a in abl["arms"].values()}) or [0]
+    seeds = f"{n[0]}" if n[0] == n[-1] else f"{n[0]}-{n[-1]}"
+    lines.append(f"- With {seeds} seed(s) per arm (comparisons use the seeds both arms ran), Welch's test has "
+                 "little power and the bootstrap CI can only "
                  "span the observed seeds: \"within seed noise\" means *not shown*, not *no effect*. The ablation "
                  "budget is smaller than the smoke run, on random tiny backbones; these are statements about this "
                  "setting, not about the real-scale models.")
