@@ -410,9 +410,15 @@ def conclusions(abl: dict) -> str:
                          f"(p = {fmt(c['p_value'])})" for c in real)
         noise = ", ".join(METRIC_LABELS.get(c["metric"], c["metric"]) for c in cs
                           if c["verdict"] == "within seed noise")
+        paired = "; ".join(f"{METRIC_LABELS.get(c['metric'], c['metric'])} diff {fmt(c['diff'])}, paired CI "
+                           f"[{fmt(c['ci95'][0])}, {fmt(c['ci95'][1])}], Welch p = {fmt(c['p_value'])}" for c in cs
+                           if c["verdict"] == "within seed noise" and c.get("ci95")
+                           and (c["ci95"][0] > 0 or c["ci95"][1] < 0))
         lines.append(f"- **{name}** ({desc}): " + (f"differences beyond seed noise: {said}. " if real else
                                                      "no difference beyond seed noise. ")
-                     + (f"Within seed noise: {noise}." if noise else ""))
+                     + (f"Within seed noise: {noise}." if noise else "")
+                     + (f" Same sign in every paired seed but smaller than the seed-to-seed spread (not called real): "
+                        f"{paired}." if paired else ""))
     em = [a["mean"].get("exact_match") for a in abl["arms"].values() if a["mean"].get("exact_match") is not None]
     if em and max(em) == 0:
         lines.append("- Exact match is 0 for every arm at this budget (the tiny random model has not learned to "
