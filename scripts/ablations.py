@@ -32,10 +32,10 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The explicit ablation budget: much smaller than scripts/smoke.sh (n=2000, 3 + 4 epochs) so 6 arms x 3 seeds fit
-# ~40 min on 2 shared cores (measured: one stage-1 epoch of 972 rows took 167 s at load ~6).
-# QUICK is the test configuration (a few steps; the numbers mean nothing, only the plumbing is checked).
-BUDGET = {"n": 600, "stage1_epochs": 1, "stage2_epochs": 1, "max_steps": None, "eval_max_samples": None,
+# The explicit ablation budget: the smoke run's data (n=2000) and stage-1 schedule (4 epochs), stage 2 at half the
+# smoke's 8 epochs, so 7 arms x 3 seeds fit ~35 min on 2 quiet cores (smoke: 91 train samples/s). A first budget of
+# n=600 and one epoch per stage learned nothing (every arm abstained on every question), see the notes.
+BUDGET = {"n": 2000, "stage1_epochs": 4, "stage2_epochs": 4, "max_steps": None, "eval_max_samples": None,
           "eval_batch_size": 32}
 QUICK = {"n": 200, "stage1_epochs": 1, "stage2_epochs": 1, "max_steps": 2, "eval_max_samples": 4, "eval_batch_size": 4,
          "eval_max_new_tokens": 4}
@@ -62,8 +62,10 @@ COMPARISONS = {
     "lora_topk": ("s2_lora_r16", "s2_lora_r16_top1", "LoRA only vs LoRA + top-1 LLM block unfrozen (r16)"),
     "image_position": ("s1_mlp", "s1_prefix", "image slots in the user turn vs as a prefix before the chat"),
 }
-DEFAULT_ARMS = [n for n in ARMS if n != "s1_pixel_shuffle"]  # the optional third projector: `--only s1_pixel_shuffle`
-METRICS = ("exact_match", "abstain_f1", "hallucination_rate", "final_loss", "train_samples_per_second")
+DEFAULT_ARMS = list(ARMS)
+# model_abstain_f1: the model's own abstentions (no threshold); abstain_f1 includes the threshold fitted on validation
+METRICS = ("exact_match", "model_abstain_f1", "abstain_f1", "hallucination_rate", "final_loss",
+           "train_samples_per_second")
 SUMMARY_FIELDS = (*METRICS, "auc", "first_loss", "eval_samples_per_second", "num_image_tokens", "seconds")
 ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DISABLE_MLFLOW_INTEGRATION": "TRUE"}
 
@@ -219,6 +221,8 @@ def read_run(run_dir: str, eval_dir: str, model_dir: str) -> dict:
         ev = json.load(f)
     m = ev["metrics"]
     return {"exact_match": m.get("exact_match"), "abstain_f1": m.get("abstain_f1"),
+            "model_abstain_f1": m.get("model_abstain_f1"),
+            "model_hallucination_rate": m.get("model_hallucination_rate"),
             "hallucination_rate": m.get("hallucination_rate"), "auc": m.get("auc"),
             "first_loss": finite(train["first_loss"]), "final_loss": finite(train["last_loss"]),
             "losses": train["losses"], "train_samples_per_second": train["train_samples_per_second"],
@@ -302,7 +306,7 @@ def plot(results: dict, out: str) -> None:
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
         a, b, _ = COMPARISONS[name]
-        for i, metric in enumerate(("exact_match", "abstain_f1")):
+        for i, metric in enumerate(("exact_match", "model_abstain_f1")):
             for j, arm in enumerate((a, b)):
                 m, s = arms[arm]["mean"].get(metric), arms[arm]["std"].get(metric)
                 ax.bar(i + (j - 0.5) * 0.38, m or 0, 0.38, yerr=s or 0, capsize=3, color=f"C{j}",
@@ -388,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     results = write_results(out, budget, seeds, errors, fingerprint, started, t0, load_start, args.quick)
     plot(results, out)
     for c in results["comparisons"]:
-        if c["metric"] in ("exact_match", "abstain_f1"):
+        if c["metric"] in ("exact_match", "model_abstain_f1", "abstain_f1"):
             print(f"[ablations] {c['name']:<24} {c['metric']:<12} {c['a']}={fmt(c['mean_a'])} {c['b']}="
                   f"{fmt(c['mean_b'])} diff={fmt(c['diff'])} p={fmt(c['p_value'])} -> {c['verdict']}")
     print(f"[ablations] wrote {os.path.join(out, 'ablations.json')} in {time.time() - t0:.0f} s")

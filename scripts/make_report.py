@@ -37,7 +37,8 @@ PUBLISHED = [  # other systems' reported results: never mixed with ours
      "https://huggingface.co/Qwen/Qwen2-VL-2B-Instruct"),
 ]
 BENCH_SKIP = (".min_s", ".max_s", ".n")  # spread of the timed repeats: the medians and ratios are the figures
-METRIC_LABELS = {"exact_match": "exact match", "abstain_f1": "abstain F1", "hallucination_rate": "hallucination",
+METRIC_LABELS = {"exact_match": "exact match", "model_abstain_f1": "model abstain F1",
+                 "abstain_f1": "abstain F1 (thresholded)", "hallucination_rate": "hallucination",
                  "final_loss": "final loss", "train_samples_per_second": "train samples/s"}
 
 
@@ -315,7 +316,8 @@ def offline_mixture(smoke_dir: str | None) -> str:
 def offline_results(smoke: dict | None) -> str:
     if not smoke:
         return f"Offline default results: {NOT_MEASURED} (run `bash scripts/smoke.sh` and pass `--smoke`)."
-    fields = ("first_loss", "last_loss", "exact_match", "abstain_f1", "hallucination_rate", "auc", "threshold")
+    fields = ("first_loss", "last_loss", "exact_match", "model_abstain_f1", "model_hallucination_rate", "abstain_f1",
+              "hallucination_rate", "auc", "threshold")
     rows = [[f, smoke["stage1"].get(f), smoke["stage2"].get(f)] for f in fields]
     checks = ", ".join(f"{k}: {'pass' if v else 'FAIL'}" for k, v in (smoke.get("checks") or {}).items())
     return "\n\n".join([table(["held-out test split", "stage 1", "stage 2"], rows),
