@@ -311,7 +311,7 @@ def plot(results: dict, out: str) -> None:
                 m, s = arms[arm]["mean"].get(metric), arms[arm]["std"].get(metric)
                 ax.bar(i + (j - 0.5) * 0.38, m or 0, 0.38, yerr=s or 0, capsize=3, color=f"C{j}",
                        label=arm if i == 0 else None)
-        ax.set_xticks([0, 1], ["exact match", "abstain F1"])
+        ax.set_xticks([0, 1], ["exact match", "model abstain F1"])
         ax.set_ylim(0, 1)
         ax.set_title(name, fontsize=9)
         ax.legend(fontsize=7)
