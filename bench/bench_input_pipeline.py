@@ -6,7 +6,17 @@ what a training step consumes at the same batch size; ratio > 1 means one loader
 
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-from bench.harness import base_parser, finish, interleave, print_machine, print_table, ratios, start, summarize
+from bench.harness import (
+    base_parser,
+    finish,
+    interleave,
+    print_machine,
+    print_table,
+    ratios,
+    sizes_and_repeats,
+    start,
+    summarize,
+)
 from bench.tiny_setup import build_tiny, stop_ids, synthetic_rows
 from bench.workloads import SIZES, build_minillava, make_train_step, size_configs
 from processing import MiniLlavaProcessor
@@ -58,13 +68,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--backbones", default=None, help="folder of make_tiny_backbones (default: built in a temp)")
     args = parser.parse_args(argv)
     machine = start(args)
-    sizes = args.sizes or (["tiny"] if args.quick else ["tiny", "mid"])
     tiny = build_tiny(args.backbones, args.seed)
     stops = stop_ids(tiny[0])
     results = {}
-    for size in sizes:
+    for size, repeats in sizes_and_repeats(args, 3):
         batch_size = args.batch_size or SIZES[size]["batch_size"]
-        repeats = args.repeats or (3 if args.quick else {"tiny": 20, "mid": 4}.get(size, 4))
         rows = synthetic_rows("train", batch_size * (2 if args.quick else 4), args.seed)
         results[size] = bench_size(size, rows, stops, tiny, repeats, batch_size)
     print_machine(machine)

@@ -9,7 +9,18 @@ A ratio near 1 means the merge, the projector and the bookkeeping cost next to n
 import torch
 from transformers import AutoModelForCausalLM
 
-from bench.harness import base_parser, finish, interleave, print_machine, print_table, ratio, ratios, start, summarize
+from bench.harness import (
+    base_parser,
+    finish,
+    interleave,
+    print_machine,
+    print_table,
+    ratio,
+    ratios,
+    sizes_and_repeats,
+    start,
+    summarize,
+)
 from bench.workloads import ATTN, build_minillava, count, make_batch, make_train_step, size_configs
 
 
@@ -55,11 +66,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--sizes", nargs="+", default=None, help="sizes from bench.workloads.SIZES")
     args = parser.parse_args(argv)
     machine = start(args)
-    sizes = args.sizes or (["tiny"] if args.quick else ["tiny", "mid"])
-    results = {}
-    for size in sizes:
-        repeats = args.repeats or (5 if args.quick else {"tiny": 20, "mid": 4}.get(size, 4))
-        results[size] = bench_size(size, repeats, args.seed)
+    results = {size: bench_size(size, repeats, args.seed) for size, repeats in sizes_and_repeats(args, 5)}
     print_machine(machine)
     print("Multimodal overhead: step = forward + backward + AdamW step; vision = frozen tower forward (no grad)")
     rows = []

@@ -6,7 +6,17 @@ image-token count, AdamW over the same trainable set (all but the frozen vision 
 
 import torch
 
-from bench.harness import base_parser, finish, interleave, print_machine, print_table, ratios, start, summarize
+from bench.harness import (
+    base_parser,
+    finish,
+    interleave,
+    print_machine,
+    print_table,
+    ratios,
+    sizes_and_repeats,
+    start,
+    summarize,
+)
 from bench.workloads import (
     build_llava,
     build_minillava,
@@ -54,11 +64,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--sizes", nargs="+", default=None, help="sizes from bench.workloads.SIZES")
     args = parser.parse_args(argv)
     machine = start(args)
-    sizes = args.sizes or (["tiny"] if args.quick else ["tiny", "mid"])
-    results = {}
-    for size in sizes:
-        repeats = args.repeats or (5 if args.quick else {"tiny": 20, "mid": 4}.get(size, 4))
-        results[size] = bench_size(size, repeats, args.seed)
+    results = {size: bench_size(size, repeats, args.seed) for size, repeats in sizes_and_repeats(args, 5)}
     print_machine(machine)
     print("Training step (forward + backward + AdamW step), medians of interleaved repeats:")
     rows = []

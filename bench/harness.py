@@ -86,6 +86,16 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+SIZED_REPEATS = {"tiny": 20, "mid": 4}  # timed repeats per size in normal mode (mid steps are ~50x slower)
+
+
+def sizes_and_repeats(args, quick_repeats: int) -> list[tuple[str, int]]:
+    """[(size, repeats)] for the sized benchmarks: --sizes (default tiny, plus mid unless --quick), --repeats
+    overriding the per-size default."""
+    sizes = args.sizes or (["tiny"] if args.quick else ["tiny", "mid"])
+    return [(size, args.repeats or (quick_repeats if args.quick else SIZED_REPEATS.get(size, 4))) for size in sizes]
+
+
 def start(args) -> dict:
     """Apply --threads / --seed and return the machine record (taken after the thread setting)."""
     if args.threads:
