@@ -23,7 +23,6 @@ Confidence = exp(mean log-prob of the answer tokens, stop token excluded) from t
 
 import json
 import os
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -32,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from data_scripts.manifest import git_state
 from data_scripts.schema import ABSTAIN_ANSWER, MANIFEST_NAME, load_dataset_dir, load_manifest
 from metrics.abstention.abstention import abstention_scores
 from metrics.anls.anls import anls_scores
@@ -219,14 +219,8 @@ def per_question_type(records: list[dict], metric: str) -> dict:
 
 
 def git_commit() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, check=False)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    commit, dirty = git_state(os.path.dirname(os.path.abspath(__file__)), "--untracked-files=no")
+    return "unknown" if commit is None else commit + ("+dirty" if dirty else "")
 
 
 def save_threshold(folder: str, threshold: float, generation_config) -> str:

@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import subprocess
 import sys
 import types
 import typing
@@ -25,6 +24,7 @@ from transformers import BitsAndBytesConfig, TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer, TrlParser
 from trl.scripts.utils import DatasetMixtureConfig
 
+from data_scripts.manifest import git_state
 from data_scripts.schema import load_dataset_dir
 from modeling_minillava import MiniLlavaForConditionalGeneration
 from processing import MiniLlavaProcessor
@@ -284,13 +284,7 @@ def describe_train_plan(model) -> str:
 
 
 def run_info(model_args, data_args, training_args, fingerprints) -> dict:
-    def git(*cmd):
-        here = os.path.dirname(os.path.abspath(__file__))
-        try:
-            return subprocess.run(["git", *cmd], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
+    commit, dirty = git_state(os.path.dirname(os.path.abspath(__file__)))
     import importlib.metadata as md
 
     packages = ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "deepspeed"]
@@ -305,8 +299,8 @@ def run_info(model_args, data_args, training_args, fingerprints) -> dict:
         "model_args": dataclasses.asdict(model_args),
         "data_args": dataclasses.asdict(data_args),
         "training_args": json.loads(training_args.to_json_string()),
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain")),
+        "git_commit": commit,
+        "git_dirty": dirty,
         "dataset_fingerprints": fingerprints,
         "packages": versions,
         "seed": training_args.seed,

@@ -24,16 +24,22 @@ def fingerprint(datasets_by_split: dict) -> str:
     return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
 
 
+def git_state(cwd: str, *status_args: str) -> tuple[str | None, bool]:
+    """(HEAD commit, whether `git status --porcelain *status_args` lists a change) of the checkout holding `cwd`;
+    (None, False) outside git. The one place training, evaluation, data and reports read their code version."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain", *status_args], cwd=cwd, capture_output=True,
+                                text=True, check=False)
+    except (OSError, subprocess.CalledProcessError):
+        return None, False
+    return commit.stdout.strip(), bool(status.stdout.strip())
+
+
 def code_version() -> str:
     """Git commit of this code, with '+dirty' when data_scripts/ has uncommitted changes; 'unknown' outside git."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "."], cwd=here, capture_output=True, text=True,
-                               check=False)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    commit, dirty = git_state(os.path.dirname(os.path.abspath(__file__)), ".")
+    return "unknown" if commit is None else commit + ("+dirty" if dirty else "")
 
 
 def split_counts(ds) -> dict:

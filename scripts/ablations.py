@@ -270,11 +270,10 @@ def machine_info() -> dict:
 
 
 def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+    from data_scripts.manifest import git_state
+
+    commit, _ = git_state(ROOT)
+    return commit
 
 
 def select_arms(only: list[str] | None) -> list[str]:

@@ -10,7 +10,6 @@ import datetime
 import glob
 import json
 import os
-import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -486,11 +485,10 @@ repeat the ablations there with more seeds; add tiling (per-sample image-token c
 
 
 def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    from data_scripts.manifest import git_state
+
+    commit, _ = git_state(ROOT)
+    return commit or "unknown"
 
 
 def tiny_backbones(smoke_dir: str | None) -> str:

@@ -405,7 +405,7 @@ def test_run_info_git_dirty_follows_git_status(monkeypatch):
     def fake_git(cmd, **kwargs):
         return subprocess.CompletedProcess(cmd, 0, stdout=answers[cmd[1]] + "\n", stderr="")
 
-    monkeypatch.setattr(run_sft.subprocess, "run", fake_git)
+    monkeypatch.setattr(subprocess, "run", fake_git)  # data_scripts.manifest.git_state runs git
     args = run_sft.parse_args([str(ROOT / "recipes/smoke/stage1.yaml")])
     assert run_sft.run_info(*args, {})["git_dirty"] is False
     answers["status"] = " M run_sft.py"
