@@ -4,7 +4,8 @@
 
 DIR/vision-siglip, DIR/vision-clip: tiny SigLIP / CLIP vision towers + image processors.
 DIR/llm-qwen2, DIR/llm-llama: tiny causal LMs of different widths, each with a byte-level BPE tokenizer trained here
-with `tokenizers` on a built-in corpus, its special tokens and its family's chat template (ChatML / Llama-3).
+with `tokenizers` on a built-in corpus, its special tokens and its family's chat template (ChatML / Llama-3). The
+Qwen2 stand-in reserves `<|image_pad|>` as Qwen2.5 does; the Llama stand-in reserves no image token.
 Anything that takes a backbone name takes these folders: the code path is the Hub path.
 """
 
@@ -135,7 +136,17 @@ def make_tiny_backbones(out: str, seed: int = 0) -> dict[str, str]:
         ),
     )
     qwen_specials = {
-        "all": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        # Qwen2.5's tokenizer reserves vision tokens (<|image_pad|> is our image placeholder, inside the vocabulary).
+        "all": [
+            "<|endoftext|>",
+            "<|im_start|>",
+            "<|im_end|>",
+            "<|vision_start|>",
+            "<|vision_end|>",
+            "<|vision_pad|>",
+            "<|image_pad|>",
+            "<|video_pad|>",
+        ],
         "eos": "<|im_end|>",
         "pad": "<|endoftext|>",
         "stop": ["<|im_end|>", "<|endoftext|>"],
@@ -145,7 +156,9 @@ def make_tiny_backbones(out: str, seed: int = 0) -> dict[str, str]:
         hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         tie_word_embeddings=True,
     )  # fmt: skip
-    # Like the real Llama 3: no pad token (the processor pads with eos), untied head.
+    # Like the real Llama 3: no pad token (the processor pads with eos), untied head. Unlike it, no reserved special
+    # tokens: this LLM stands for one with no image token to reuse, so the processor adds `<image>` to the tokenizer
+    # (outside the embedding table) and tests cover that path; the reserved-token path is tested on its own.
     llama_specials = {
         "all": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
         "bos": "<|begin_of_text|>",

@@ -1,5 +1,7 @@
 """MiniLlavaConfig: a vision-tower config + a causal-LM config + projector settings; config.json alone rebuilds it."""
 
+import re
+
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -11,6 +13,13 @@ VISION_TOWERS = {"siglip_vision_model": {"has_cls": False}, "clip_vision_model":
 SELECT_STRATEGIES = ("default", "full")
 # "prefix": [image] + [whole chat]; "user_turn": the image sits where the user's message puts it.
 IMAGE_POSITIONS = ("prefix", "user_turn")
+# Placeholder tokens an LLM tokenizer may already reserve for images, best first (Qwen2/2.5: <|image_pad|>; llava-hf
+# tokenizers: <image>; Llama 3.2: <|image|>); then any Llama-3 style reserved special token. Failing all of these, the
+# processor adds DEFAULT_IMAGE_TOKEN to the tokenizer (never to the embedding matrix: the model maps it to id 0 before
+# the embedding lookup, and image features overwrite those positions anyway).
+IMAGE_TOKEN_CANDIDATES = ("<|image_pad|>", "<image>", "<|image|>")
+RESERVED_TOKEN_PATTERN = re.compile(r"^<\|reserved_special_token_(\d+)\|>$")
+DEFAULT_IMAGE_TOKEN = "<image>"
 # Remote-code entry points written into config.json; the code files are copied flat next to the weights. Users of
 # remote-code VLMs write AutoModel / AutoModelForCausalLM too, so those give the generating model as well.
 _MODEL_CLASS = "modeling_minillava.MiniLlavaForConditionalGeneration"
@@ -20,6 +29,21 @@ AUTO_MAP = {
     "AutoModelForCausalLM": _MODEL_CLASS,
     "AutoModelForImageTextToText": _MODEL_CLASS,
 }
+
+
+def choose_image_token(tokenizer) -> tuple[str, int]:
+    """(token, id) for image placeholders: a special token the tokenizer already has, else DEFAULT_IMAGE_TOKEN with
+    the id it gets when the processor adds it (`len(tokenizer)`, the next free id)."""
+    specials = set(tokenizer.all_special_tokens) | {
+        t.content for t in tokenizer.added_tokens_decoder.values() if getattr(t, "special", False)
+    }
+    for token in IMAGE_TOKEN_CANDIDATES:
+        if token in specials:
+            return token, tokenizer.convert_tokens_to_ids(token)
+    reserved = sorted((int(m.group(1)), t) for t in specials if (m := RESERVED_TOKEN_PATTERN.match(t)))
+    if reserved:
+        return reserved[0][1], tokenizer.convert_tokens_to_ids(reserved[0][1])
+    return DEFAULT_IMAGE_TOKEN, len(tokenizer)
 
 
 def _check_choice(name: str, value, allowed) -> None:
@@ -42,6 +66,9 @@ class MiniLlavaConfig(PreTrainedConfig):
         vision_feature_select_strategy (`str` or `None`): "default" drops CLS, "full" keeps all; `None` picks
             "default" for towers with a CLS token (CLIP) and "full" otherwise (SigLIP).
         image_position (`str`): "prefix" or "user_turn"; read by the processor, which lays out the sequence.
+        image_token_id (`int`): the placeholder id marking image positions in `input_ids`; it need not be inside the
+            embedding table (ids >= the LLM's vocab_size are looked up as 0, then overwritten by image features).
+        image_seq_length (`int`, read-only): `num_image_tokens`, under the name Llava and serving engines read.
     """
 
     model_type = "minillava"
@@ -60,6 +87,7 @@ class MiniLlavaConfig(PreTrainedConfig):
     vision_feature_layer: int = -1
     vision_feature_select_strategy: str | None = None
     image_position: str = "user_turn"
+    image_token_id: int | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -86,6 +114,8 @@ class MiniLlavaConfig(PreTrainedConfig):
         # reads the top-level flag, so it must mirror the text config.
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+        if self.image_token_id is not None and self.image_token_id < 0:
+            raise ValueError(f"image_token_id must be a non-negative token id, got {self.image_token_id}.")
         _ = self.num_image_tokens  # validates the projector against the tower's grid now, not at the first forward
 
     @property
@@ -102,5 +132,9 @@ class MiniLlavaConfig(PreTrainedConfig):
         """Virtual tokens (sequence slots) one image occupies in the LLM's input."""
         return PROJECTORS[self.projector_type].num_output_tokens(self, self.num_vision_tokens)
 
+    @property
+    def image_seq_length(self) -> int:
+        return self.num_image_tokens
 
-__all__ = ["MiniLlavaConfig"]
+
+__all__ = ["MiniLlavaConfig", "choose_image_token"]

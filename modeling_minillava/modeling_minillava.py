@@ -2,20 +2,21 @@
 
 Layout follows transformers' Llava (so TRL's fused LM-head loss, PEFT patterns and readers work unchanged):
 `MiniLlavaForConditionalGeneration.model` (MiniLlavaModel: vision_tower, multi_modal_projector, language_model)
-+ `lm_head`. The processor lays out the merged sequence and marks image slots with `image_mask`; no vocabulary token
-is added. Labels arrive with the merged length and -100 on every image slot.
++ `lm_head`. The processor expands each image into `num_image_tokens` placeholder tokens (`config.image_token_id`);
+the model overwrites their embeddings with the projected image features. The embedding matrix is never resized for
+the placeholder, and the loss never targets it.
 """
 
 import contextlib
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 
-from .configuration_minillava import MiniLlavaConfig
+from .configuration_minillava import MiniLlavaConfig, choose_image_token
 from .projectors import PerceiverResampler, build_projector
 
 
@@ -66,42 +67,61 @@ class MiniLlavaModel(MiniLlavaPreTrainedModel):
                 features = features[:, 1:]  # drop CLS
         return self.multi_modal_projector(features)
 
-    def merge_image_features(
-        self, inputs_embeds: torch.Tensor, image_features: torch.Tensor, image_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Write image features [N_img, T_img, D] into the slots `image_mask` [B, T] marks, in reading order.
+    def get_placeholder_mask(self, input_ids, inputs_embeds: torch.Tensor, image_features: torch.Tensor):
+        """[B, T, 1] bool: the positions holding `config.image_token_id`, checked against the features' count.
 
-        Each row may hold its own number of slots (0, 1 or several images); only the totals must agree.
+        As transformers' Llava; without input_ids the placeholders are found by their embedding, which needs the
+        placeholder id inside the embedding table.
         """
-        if image_mask is None:
-            raise ValueError("pixel_values were given without image_mask; build inputs with MiniLlavaProcessor.")
-        if image_mask.shape != inputs_embeds.shape[:2]:
+        image_token_id = self.config.image_token_id
+        if image_token_id is None:
             raise ValueError(
-                f"image_mask has shape {tuple(image_mask.shape)}, expected {tuple(inputs_embeds.shape[:2])}."
+                "config.image_token_id is None, so image positions cannot be found; build the model with "
+                "MiniLlavaForConditionalGeneration.from_backbones or set config.image_token_id to the processor's "
+                "image_token_id."
             )
-        image_mask = image_mask.bool()
-        if image_mask.device.type != "meta":  # counts are unknowable on the meta device
-            n_slots, (n_img, n_tok) = int(image_mask.sum()), image_features.shape[:2]
+        if input_ids is not None:
+            mask = input_ids == image_token_id  # [B, T]
+        elif image_token_id < self.get_input_embeddings().num_embeddings:
+            placeholder = self.get_input_embeddings()(torch.tensor(image_token_id, device=inputs_embeds.device))
+            mask = (inputs_embeds == placeholder).all(-1)
+        else:
+            raise ValueError(
+                f"image_token_id={image_token_id} is outside the embedding table, so with inputs_embeds and "
+                "pixel_values the image positions are unknown; pass input_ids instead of inputs_embeds."
+            )
+        if mask.device.type != "meta":  # counts are unknowable on the meta device
+            n_slots, (n_img, n_tok) = int(mask.sum()), image_features.shape[:2]
             if n_slots != n_img * n_tok:
                 raise ValueError(
-                    f"image_mask marks {n_slots} image slots, but pixel_values give {n_img} image(s) x {n_tok} tokens "
-                    f"= {n_img * n_tok}. The processor and model disagree on tokens per image (model config: "
-                    f"{self.config.num_image_tokens}); rebuild the processor with "
-                    "MiniLlavaProcessor.from_backbones(..., config=model.config)."
+                    f"input_ids hold {n_slots} image placeholder tokens (id {image_token_id}), but pixel_values give "
+                    f"{n_img} image(s) x {n_tok} tokens = {n_img * n_tok}. The processor and model disagree on "
+                    f"tokens per image (model config: {self.config.num_image_tokens}), or truncation cut an image; "
+                    "build the processor with MiniLlavaProcessor.from_backbones(..., config=model.config)."
                 )
-        features = image_features.to(inputs_embeds.device, inputs_embeds.dtype).reshape(-1, inputs_embeds.shape[-1])
-        return inputs_embeds.masked_scatter(image_mask.unsqueeze(-1).to(inputs_embeds.device), features)
+        return mask.unsqueeze(-1).to(inputs_embeds.device)
 
-    def embed_multimodal(self, input_ids=None, pixel_values=None, image_mask=None, inputs_embeds=None) -> torch.Tensor:
-        """Token embeddings with image features written into their slots: [B, T, D]."""
+    def embed_multimodal(self, input_ids=None, pixel_values=None, inputs_embeds=None) -> torch.Tensor:
+        """Token embeddings with image features written over the placeholder positions: [B, T, D]."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
+            # The placeholder may lie outside the embedding table (a token added to the tokenizer only): look it up
+            # as 0, as Gemma3 does. The row read there is overwritten by the image features below.
+            is_image = input_ids == self.config.image_token_id if self.config.image_token_id is not None else None
+            inputs_embeds = self.get_input_embeddings()(
+                input_ids if is_image is None else input_ids.masked_fill(is_image, 0)
+            )
         if pixel_values is not None:
-            inputs_embeds = self.merge_image_features(inputs_embeds, self.get_image_features(pixel_values), image_mask)
-        elif image_mask is not None and image_mask.device.type != "meta" and bool(image_mask.any()):
-            raise ValueError(f"image_mask marks {int(image_mask.sum())} image slots but no pixel_values were given.")
+            features = self.get_image_features(pixel_values)  # [N_img, T_img, D]
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, features)
+            features = features.to(inputs_embeds.device, inputs_embeds.dtype)
+            inputs_embeds = inputs_embeds.masked_scatter(mask, features.reshape(-1, inputs_embeds.shape[-1]))
+        elif input_ids is not None and self.config.image_token_id is not None and input_ids.device.type != "meta":
+            n_slots = int((input_ids == self.config.image_token_id).sum())
+            if n_slots and (input_ids.shape[1] > 1 or n_slots == input_ids.numel()):
+                # A prompt with placeholders but no images; a single decoding step may legitimately sample the id.
+                raise ValueError(f"input_ids hold {n_slots} image placeholder tokens but no pixel_values were given.")
         return inputs_embeds
 
     def forward(
@@ -109,13 +129,12 @@ class MiniLlavaModel(MiniLlavaPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        image_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache=None,
         inputs_embeds: torch.FloatTensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        inputs_embeds = self.embed_multimodal(input_ids, pixel_values, image_mask, inputs_embeds)  # [B, T, D]
+        inputs_embeds = self.embed_multimodal(input_ids, pixel_values, inputs_embeds)  # [B, T, D]
         kwargs["return_dict"] = True
         return self.language_model(
             inputs_embeds=inputs_embeds,
@@ -159,7 +178,6 @@ class MiniLlavaForConditionalGeneration(MiniLlavaPreTrainedModel, GenerationMixi
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        image_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache=None,
         inputs_embeds: torch.FloatTensor | None = None,
@@ -171,7 +189,6 @@ class MiniLlavaForConditionalGeneration(MiniLlavaPreTrainedModel, GenerationMixi
             input_ids=input_ids,
             pixel_values=pixel_values,
             attention_mask=attention_mask,
-            image_mask=image_mask,
             position_ids=position_ids,
             cache=cache,
             inputs_embeds=inputs_embeds,
@@ -179,7 +196,10 @@ class MiniLlavaForConditionalGeneration(MiniLlavaPreTrainedModel, GenerationMixi
         )
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))  # [B, T, V]
         loss = None
-        if labels is not None:  # labels already have the merged length, -100 on image slots and padding
+        if labels is not None:
+            if input_ids is not None and self.config.image_token_id is not None:
+                # Never a target, whoever built the labels (TRL's vision collator leaves placeholders to the model).
+                labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
@@ -191,22 +211,21 @@ class MiniLlavaForConditionalGeneration(MiniLlavaPreTrainedModel, GenerationMixi
             attentions=outputs.attentions,
         )
 
-    @torch.no_grad()
-    def generate(self, input_ids=None, pixel_values=None, attention_mask=None, image_mask=None, **kwargs):
-        """Batched generation with the KV cache; returns only the new tokens.
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, is_first_iteration=False, **kwargs):
+        """GenerationMixin's, which already passes pixel_values on the prefill step only, plus right-padding support.
 
-        The images are merged once, then every row is LEFT-aligned (padding first) so that the last position of each
-        row is a real token: GenerationMixin's naive path (merging inside forward) is wrong for padded rows.
+        Position ids always follow the attention mask (so tokens generated after right padding continue each row's
+        own count), and on the prefill step each row's next-token logits come from its last real token, not from
+        its padding (`logits_to_keep` as per-row positions).
         """
-        if kwargs.get("inputs_embeds") is not None:
-            return super().generate(attention_mask=attention_mask, **kwargs)
-        embeds = self.model.embed_multimodal(input_ids, pixel_values, image_mask)  # [B, T, D]
-        if attention_mask is None:
-            attention_mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-        order = torch.argsort(attention_mask.long(), dim=1, stable=True)  # pads (0) first, tokens keep their order
-        embeds = torch.gather(embeds, 1, order.unsqueeze(-1).expand_as(embeds))
-        attention_mask = torch.gather(attention_mask, 1, order)
-        return super().generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+        if attention_mask is not None and attention_mask.ndim == 2 and attention_mask.shape == input_ids.shape:
+            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            right_padded = bool((attention_mask[:, -1] == 0).any())
+            if is_first_iteration and right_padded and kwargs.get("inputs_embeds") is None:
+                kwargs["logits_to_keep"] = (attention_mask.long().sum(-1, keepdim=True) - 1).clamp(min=0)  # [B, 1]
+        return super().prepare_inputs_for_generation(
+            input_ids, attention_mask=attention_mask, is_first_iteration=is_first_iteration, **kwargs
+        )
 
     @classmethod
     def from_backbones(
@@ -215,11 +234,15 @@ class MiniLlavaForConditionalGeneration(MiniLlavaPreTrainedModel, GenerationMixi
         """Assemble a model from a pretrained vision tower and a pretrained causal LM (Hub ids or local folders).
 
         The backbones keep their pretrained weights; only the projector is freshly initialised. `config_kwargs` go
-        to `MiniLlavaConfig` (projector_type, vision_feature_layer, image_position, ...).
+        to `MiniLlavaConfig` (projector_type, vision_feature_layer, image_position, ...). The image placeholder is
+        one the LLM's tokenizer reserves (Qwen2.5's `<|image_pad|>`, a Llama-3 reserved token), else the id the
+        processor's added `<image>` token gets (see `choose_image_token`).
         """
         vision_config = AutoConfig.from_pretrained(vision_name_or_path)
         vision_config = getattr(vision_config, "vision_config", vision_config)  # a full SigLIP/CLIP checkpoint
         text_config = AutoConfig.from_pretrained(llm_name_or_path)
+        if config_kwargs.get("image_token_id") is None:
+            config_kwargs["image_token_id"] = choose_image_token(AutoTokenizer.from_pretrained(llm_name_or_path))[1]
         config = MiniLlavaConfig(vision_config=vision_config, text_config=text_config, **config_kwargs)
         load = {"dtype": dtype, "attn_implementation": attn_implementation}
         load = {k: v for k, v in load.items() if v is not None}

@@ -17,8 +17,8 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 # Why a row was dropped -> the likely cause, used in the error raised when too many rows are dropped.
 SKIP_HINTS = {
-    "too_long": "max_length is smaller than these rows (each image takes num_image_tokens slots); raise max_length "
-    "or filter long rows in the data script",
+    "too_long": "max_length is smaller than these rows (each image takes num_image_tokens placeholders); raise "
+    "max_length or filter long rows in the data script",
     "tokenization_mismatch": "the prompt rendered with add_generation_prompt=True does not tokenize as a prefix of "
     "the finished conversation (chat template renders the generation prompt differently, or BPE merges across the "
     "prompt/answer boundary); check processor.chat_template",
@@ -49,13 +49,14 @@ def load_images(images) -> list[Image.Image]:
 
 class MiniLlavaDataCollator:
     r"""
-    Rows (the canonical schema: `messages` in HF multimodal chat format + `images`) -> `input_ids`, `attention_mask`,
-    `image_mask`, `labels` and, when any row has images, `pixel_values`. Use as SFTTrainer's `data_collator` with
-    `remove_unused_columns=False` and `dataset_kwargs={"skip_prepare_dataset": True}`.
+    Rows (the canonical schema: `messages` in HF multimodal chat format + `images`) -> `input_ids` (each image as
+    `num_image_tokens` placeholder ids), `attention_mask`, `labels` and, when any row has images, `pixel_values`.
+    Use as SFTTrainer's `data_collator` with `remove_unused_columns=False` and
+    `dataset_kwargs={"skip_prepare_dataset": True}`.
 
     Labels: each assistant turn's tokens up to and including the first stop token (the end-of-turn), found by laying
     out the prompt before that turn (`add_generation_prompt=True`) and checking that its ids are a prefix of the full
-    conversation's ids. Everything else (system, user turns, template tokens, image slots, padding) is -100.
+    conversation's ids. Everything else (system, user turns, template tokens, image placeholders, padding) is -100.
 
     Dropped rows (never silently): a row is skipped, counted in `stats["skipped"][reason]` and logged once per reason
     when it is too long (`too_long`: no truncation, because cutting could split an image or drop every answer),
@@ -69,7 +70,7 @@ class MiniLlavaDataCollator:
 
     Args:
         processor (`MiniLlavaProcessor`): its chat template, tokenizer and image processor define the layout.
-        max_length (`int`, *optional*): longest merged sequence (text + image slots) kept; None keeps all.
+        max_length (`int`, *optional*): longest sequence (text + image placeholders) kept; None keeps all.
         max_skip_fraction (`float`): largest tolerated fraction of dropped rows (skipped + all-masked).
         padding_side (`str`): "right" for training (explicit here, never read from the tokenizer).
         stop_token_ids (`int | list[int]`, *optional*): end-of-turn ids; default the tokenizer's eos. Pass
@@ -112,7 +113,7 @@ class MiniLlavaDataCollator:
         return sum(self.stats["skipped"].values()) + self.stats["all_masked"]
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        samples = []  # (ids, image_mask, labels, images) per kept row
+        samples = []  # (ids, labels, images) per kept row
         for row in rows:
             self.stats["seen"] += 1
             try:
@@ -120,7 +121,7 @@ class MiniLlavaDataCollator:
             except _SkipRow as skip:
                 self._drop(row, skip.reason, skip.detail)
                 continue
-            if all(label == IGNORE_INDEX for label in sample[2]):
+            if all(label == IGNORE_INDEX for label in sample[1]):
                 self._drop(row, "all_masked", "no assistant turn, so every label is -100")
                 continue
             self.stats["kept"] += 1
@@ -133,8 +134,8 @@ class MiniLlavaDataCollator:
             )
         return self.pad_batch(samples)
 
-    def encode_row(self, row: dict) -> tuple[list[int], list[bool], list[int], list[Image.Image]]:
-        """One row -> (ids, image_mask, labels, images) over the merged sequence; raises _SkipRow to drop it."""
+    def encode_row(self, row: dict) -> tuple[list[int], list[int], list[Image.Image]]:
+        """One row -> (ids, labels, images), each image expanded to its placeholders; raises _SkipRow to drop it."""
         if "messages" not in row:
             raise ValueError(
                 f"Row has no 'messages' (keys: {sorted(row)}); pass raw dataset rows (SFTConfig("
@@ -145,48 +146,59 @@ class MiniLlavaDataCollator:
         n_markers = text.count(self.processor.image_token)
         if n_markers != len(images):
             raise _SkipRow("image_count_mismatch", f"{n_markers} image part(s) but {len(images)} image(s)")
-        ids, image_mask = self.processor.layout_text(text, len(images))
+        ids = self._tokenize(text)
         if self.max_length is not None and len(ids) > self.max_length:
             raise _SkipRow("too_long", f"{len(ids)} tokens > max_length={self.max_length}")
         labels = [IGNORE_INDEX] * len(ids)
-        for start, end in self.find_assistant_spans(messages, ids, image_mask, len(images)):
-            labels[start:end] = [IGNORE_INDEX if slot else i for i, slot in zip(ids[start:end], image_mask[start:end])]
-        return ids, image_mask, labels, images
+        for start, end in self.find_assistant_spans(messages, ids):
+            labels[start:end] = ids[start:end]  # an answer never holds a placeholder (find_assistant_spans stops)
+        return ids, labels, images
 
-    def find_assistant_spans(self, messages, ids, image_mask, n_images) -> list[tuple[int, int]]:
-        """[start, end) of each assistant answer + end-of-turn token in `ids`, found via the prompts' token lengths."""
+    def find_assistant_spans(self, messages, ids) -> list[tuple[int, int]]:
+        """[start, end) of each assistant answer + end-of-turn token in `ids`, found via the prompts' token lengths.
+
+        Prompts are compared on their text tokens only: in the "prefix" layout the placeholders of every image, also
+        those of later turns, open the full sequence but not a prompt rendered from the earlier messages alone.
+        """
+        image_id = self.processor.image_token_id
+        text_positions = [i for i, token in enumerate(ids) if token != image_id]
+        text_ids = [ids[i] for i in text_positions]
         spans, previous_end = [], 0
         for turn, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            prompt = self._render(messages[:turn], add_generation_prompt=True)
-            # Same image count: in "prefix" layout every image slot comes first, also those of later turns.
-            prompt_ids, _ = self.processor.layout_text(prompt, n_images)
-            start = len(prompt_ids)
-            if ids[:start] != prompt_ids:
-                diff = next((i for i, (a, b) in enumerate(zip(ids, prompt_ids)) if a != b), min(len(ids), start))
+            prompt = [
+                t for t in self._tokenize(self._render(messages[:turn], add_generation_prompt=True)) if t != image_id
+            ]
+            if text_ids[: len(prompt)] != prompt:
+                diff = next((i for i, (a, b) in enumerate(zip(text_ids, prompt)) if a != b), len(text_ids))
                 raise _SkipRow(
                     "tokenization_mismatch",
-                    f"prompt before message {turn} ({start} tokens) differs from the conversation at token {diff}",
+                    f"prompt before message {turn} ({len(prompt)} text tokens) differs from the conversation at text "
+                    f"token {diff}",
                 )
+            start = text_positions[len(prompt)] if len(prompt) < len(text_positions) else len(ids)
             if start < previous_end:
                 raise _SkipRow("no_end_of_turn", f"the assistant turn before message {turn} has no stop token")
-            # Image slots hold the pad id, which may be a stop id (Qwen's <|endoftext|>, Llama 3's eos): skip them.
             end = next(
-                (i for i in range(start, len(ids)) if ids[i] in self.stop_token_ids and not image_mask[i]), None
+                (i for i in range(start, len(ids)) if ids[i] in self.stop_token_ids or ids[i] == image_id), None
             )
-            if end is None:
+            if end is None or ids[end] == image_id:
                 raise _SkipRow("no_end_of_turn", f"no stop id {sorted(self.stop_token_ids)} after message {turn}")
             spans.append((start, end + 1))
             previous_end = end + 1
         return spans
 
     def pad_batch(self, samples) -> dict[str, torch.Tensor]:
-        """Pad every key in step on `padding_side`; labels pad with -100; pixel_values in reading order."""
-        batch = dict(self.processor.pad_rows([(ids, mask) for ids, mask, _, _ in samples], self.padding_side, "pt"))
+        """Pad every key in step on `padding_side` (the tokenizer's own pad); labels pad with -100."""
+        batch = dict(
+            self.processor.tokenizer.pad(
+                {"input_ids": [ids for ids, _, _ in samples]}, padding_side=self.padding_side, return_tensors="pt"
+            )
+        )
         width = batch["input_ids"].shape[1]
         labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)  # [B, T]
-        for row, (_, _, row_labels, _) in enumerate(samples):
+        for row, (_, row_labels, _) in enumerate(samples):
             span = slice(0, len(row_labels)) if self.padding_side == "right" else slice(width - len(row_labels), width)
             labels[row, span] = torch.tensor(row_labels, dtype=torch.long)
         batch["labels"] = labels
@@ -194,6 +206,12 @@ class MiniLlavaDataCollator:
         if images:
             batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         return batch
+
+    def _tokenize(self, text: str) -> list[int]:
+        # The chat template holds the special tokens, so none are added (the processor's own default too).
+        return self.processor.tokenizer(self.processor.expand_image_tokens(text), add_special_tokens=False)[
+            "input_ids"
+        ]
 
     def _render(self, messages, add_generation_prompt: bool) -> str:
         try:

@@ -1,55 +1,139 @@
-"""MiniLlavaProcessor: the vision tower's image processor + the LLM's tokenizer and chat template.
+"""MiniLlavaProcessor: the vision tower's image processor + the LLM's tokenizer, as a standard transformers processor.
 
-It lays out the whole merged sequence: each image becomes `num_image_tokens` slots marked in `image_mask`, filled
-with the pad id in `input_ids` (no vocabulary token is added; the model writes image features into those slots).
-Ships to the Hub as remote code, so it is self-contained: torch, transformers and PIL only.
+Like LlavaProcessor: each image token in the text is expanded to `num_image_tokens` placeholders before tokenizing,
+every tokenizer kwarg (padding, padding_side, truncation, max_length, return_tensors) reaches the tokenizer, and the
+chat template is a multimodal Jinja template, so the inherited `apply_chat_template` (images given inline, by path or
+URL) works unchanged. Ships to the Hub as remote code, so it is self-contained: torch, transformers and PIL only.
 """
 
+import os
+import re
+
 import numpy as np
-import torch
-from PIL import Image
-from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
+from PIL import Image, ImageOps
+from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
+from transformers.image_utils import load_image
 
 IMAGE_POSITIONS = ("prefix", "user_turn")
+DEFAULT_IMAGE_TOKEN = "<image>"  # added to the tokenizer only when it reserves no image token (the model's choice)
+
+# The preamble rewrites HF multimodal messages (content = list of parts) into plain-text messages, then the LLM's own
+# template renders them. user_turn: each image part becomes the image token where it sits, parts joined by newlines.
+# prefix: image parts are dropped from the messages and all image tokens open the sequence.
+_PREAMBLE_BEGIN = "{#- minillava preamble: image_position="
+_PREAMBLE_END = "{#- minillava preamble end #}"
+_PREAMBLE_BODY = (
+    "{{%- set mm = namespace(messages=[], images=0) %}}\n"
+    "{{%- for message in messages %}}\n"
+    "{{%- if message['content'] is string or message['content'] is none %}}\n"
+    "{{%- set mm.messages = mm.messages + [message] %}}\n"
+    "{{%- else %}}\n"
+    "{{%- set parts = namespace(texts=[]) %}}\n"
+    "{{%- for part in message['content'] %}}\n"
+    "{{%- if part['type'] == 'image' %}}\n"
+    "{{%- set mm.images = mm.images + 1 %}}\n"
+    "{user_turn_image}"
+    "{{%- elif part['type'] == 'text' %}}\n"
+    "{{%- set parts.texts = parts.texts + [part['text']] %}}\n"
+    "{{%- else %}}{{{{ raise_exception('Unsupported content part type ' ~ part['type']) }}}}\n"
+    "{{%- endif %}}\n"
+    "{{%- endfor %}}\n"
+    "{{%- set mm.messages = mm.messages + [dict(message, content=parts.texts | join('\\n'))] %}}\n"
+    "{{%- endif %}}\n"
+    "{{%- endfor %}}\n"
+    "{{%- set messages = mm.messages %}}\n"
+    "{prefix_images}"
+)
+
+
+def build_chat_template(llm_template: str, image_token: str, image_position: str) -> str:
+    """The processor's multimodal template: the preamble for `image_position`, then the LLM's own template."""
+    if image_position not in IMAGE_POSITIONS:
+        raise ValueError(f"Unknown image_position={image_position!r}; allowed values: {list(IMAGE_POSITIONS)}.")
+    token = image_token.replace("'", "\\'")
+    llm_template = strip_preamble(llm_template)
+    user_turn = image_position == "user_turn"
+    preamble = (
+        _PREAMBLE_BEGIN
+        + image_position
+        + " #}\n"
+        + _PREAMBLE_BODY.format(
+            user_turn_image=f"{{%- set parts.texts = parts.texts + ['{token}'] %}}\n" if user_turn else "",
+            prefix_images="" if user_turn else f"{{{{- '{token}' * mm.images }}}}\n",
+        )
+    )
+    return preamble + _PREAMBLE_END + "\n" + llm_template
+
+
+def strip_preamble(template: str) -> str:
+    """The LLM's own template inside a processor template (unchanged when it has no preamble)."""
+    if template.startswith(_PREAMBLE_BEGIN) and _PREAMBLE_END in template:
+        return template.split(_PREAMBLE_END + "\n", 1)[1]
+    return template
 
 
 def to_rgb(image) -> Image.Image:
-    """Any PIL mode (RGBA, LA, P, L, CMYK, I;16, ...) or HWC uint8 array -> RGB; transparency goes on white."""
+    """Any PIL mode (RGBA, LA, P, L, CMYK, I;16, ...) or HWC uint8 array -> upright RGB.
+
+    EXIF orientation is applied, transparency goes on white (a plain `convert("RGB")` turns a transparent PNG with
+    black text all black) and 16/32-bit greyscale is scaled to 8 bits (convert would clip it to white).
+    """
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
         raise TypeError(f"Images must be PIL.Image.Image or numpy arrays, got {type(image).__name__}.")
+    image = ImageOps.exif_transpose(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):  # 16/32-bit greyscale: scale to 8 bits first
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
         array = np.asarray(image, dtype=np.float64)
         span = max(float(array.max() - array.min()), 1e-12)
         image = Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8))
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _flatten_images(images) -> list:
-    if images is None:
-        return []
-    if not isinstance(images, (list, tuple)):
-        return [images]
-    return [im for item in images for im in _flatten_images(item)]
+def load_rgb(image) -> Image.Image:
+    """A PIL image, numpy array, local path, URL or base64 string -> upright RGB (see `to_rgb`).
+
+    Local files are opened here so their alpha channel survives; URLs and base64 go through transformers'
+    `load_image`, which already applies EXIF orientation and converts to RGB.
+    """
+    if isinstance(image, str):
+        image = Image.open(image) if os.path.isfile(image) else load_image(image)
+    if isinstance(image, np.ndarray) and not (
+        image.dtype == np.uint8 and image.ndim in (2, 3) and image.shape[-1] in (1, 3, 4)
+    ):
+        return image  # a CHW or float array: the image processor reads it as it is
+    return to_rgb(image)
+
+
+def _map_images(images, fn):
+    if isinstance(images, (list, tuple)):
+        return [_map_images(item, fn) for item in images]
+    return fn(images)
 
 
 class MiniLlavaProcessor(ProcessorMixin):
     r"""
     Args:
         image_processor: the vision tower's image processor (SigLIP / CLIP).
-        tokenizer: the LLM's tokenizer.
-        chat_template (`str`): Jinja chat template; `from_backbones` takes the LLM's own (ChatML for Qwen, ...).
-        num_image_tokens (`int`): sequence slots per image; must equal the model config's `num_image_tokens`.
-        image_position (`str`): "user_turn" (slots where the image part sits in the chat) or "prefix" (all image
-            slots first, then the whole chat, as the original seed did).
-        image_token (`str`): the text marker an image part renders to before tokenization (never tokenized).
+        tokenizer: the LLM's tokenizer (holding `image_token`).
+        chat_template (`str`): the LLM's Jinja template, or one this class built; the multimodal preamble for
+            `image_position` is put in front of the LLM's own template.
+        num_image_tokens (`int`): placeholders per image; must equal the model config's `num_image_tokens`.
+        image_position (`str`): "user_turn" (placeholders where the image part sits in the chat) or "prefix" (all
+            placeholders first, then the whole chat).
+        image_token (`str`): the placeholder token; a special token of the tokenizer whose id is the model config's
+            `image_token_id`.
     """
+
+    # Defaults a call can override: the chat template already holds the LLM's special tokens (no second BOS), and a
+    # batch comes back padded, as tensors, ready for `model(**inputs)` / `model.generate(**inputs)`.
+    text_kwargs = {"add_special_tokens": False, "padding": True, "return_tensors": "pt"}
+    images_kwargs = {"return_tensors": "pt"}
 
     def __init__(
         self,
@@ -58,7 +142,7 @@ class MiniLlavaProcessor(ProcessorMixin):
         chat_template=None,
         num_image_tokens: int | None = None,
         image_position: str = "user_turn",
-        image_token: str = "<image>",
+        image_token: str = DEFAULT_IMAGE_TOKEN,
         **kwargs,
     ):
         if num_image_tokens is None or int(num_image_tokens) <= 0:
@@ -68,9 +152,22 @@ class MiniLlavaProcessor(ProcessorMixin):
             )
         if image_position not in IMAGE_POSITIONS:
             raise ValueError(f"Unknown image_position={image_position!r}; allowed values: {list(IMAGE_POSITIONS)}.")
+        image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        if (
+            image_token_id is None
+            or image_token_id == tokenizer.unk_token_id
+            or tokenizer.tokenize(image_token) != [image_token]
+        ):
+            raise ValueError(
+                f"image_token={image_token!r} is not a single special token of the tokenizer; build the processor "
+                "with MiniLlavaProcessor.from_backbones(..., config=model.config), which adds it when needed."
+            )
         self.num_image_tokens = int(num_image_tokens)
         self.image_position = image_position
         self.image_token = image_token
+        self.image_token_id = image_token_id
+        if chat_template:
+            chat_template = build_chat_template(chat_template, image_token, image_position)
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
     @classmethod
@@ -79,160 +176,80 @@ class MiniLlavaProcessor(ProcessorMixin):
         vision_name_or_path: str,
         llm_name_or_path: str,
         *,
-        config=None,
-        num_image_tokens: int | None = None,
+        config,
         image_position: str | None = None,
         chat_template: str | None = None,
-        **kwargs,
     ) -> "MiniLlavaProcessor":
         """Build from the vision tower's image processor and the LLM's tokenizer + chat template.
 
-        Give the model `config` (a MiniLlavaConfig) or `num_image_tokens` (+ `image_position`) so that processor and
-        model agree on the number of image slots.
+        `config` (the model's MiniLlavaConfig) fixes the number of placeholders per image, the layout and the
+        placeholder id; when that id lies past the tokenizer's vocabulary, `<image>` is added to the tokenizer as a
+        special token (the embedding matrix is never resized: the model looks the id up as 0).
         """
-        if config is not None:
-            if num_image_tokens is not None and num_image_tokens != config.num_image_tokens:
-                raise ValueError(
-                    f"num_image_tokens={num_image_tokens} disagrees with config.num_image_tokens="
-                    f"{config.num_image_tokens}; drop the argument to use the config's value."
-                )
-            num_image_tokens = config.num_image_tokens
-            image_position = image_position or config.image_position
         image_processor = AutoImageProcessor.from_pretrained(vision_name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(llm_name_or_path)
         chat_template = chat_template or tokenizer.chat_template
         if not chat_template:
             raise ValueError(f"{llm_name_or_path} has no chat template; pass chat_template= (a Jinja string).")
+        if tokenizer.pad_token is None:  # Llama 3 has none; padding positions are masked, eos is the usual stand-in
+            tokenizer.pad_token = tokenizer.eos_token
+        image_token_id = config.image_token_id
+        if image_token_id is None:
+            raise ValueError("config.image_token_id is None; build the model with from_backbones first.")
+        if image_token_id >= len(tokenizer):
+            tokenizer.add_tokens([DEFAULT_IMAGE_TOKEN], special_tokens=True)
+        image_token = tokenizer.convert_ids_to_tokens(image_token_id)
+        if image_token is None or tokenizer.convert_tokens_to_ids(image_token) != image_token_id:
+            raise ValueError(
+                f"config.image_token_id={image_token_id} is not a token of {llm_name_or_path}'s tokenizer "
+                f"({len(tokenizer)} tokens); was the model built from another LLM?"
+            )
         return cls(
             image_processor,
             tokenizer,
             chat_template=chat_template,
-            num_image_tokens=num_image_tokens,
-            image_position=image_position or "user_turn",
-            **kwargs,
+            num_image_tokens=config.num_image_tokens,
+            image_position=image_position or config.image_position,
+            image_token=image_token,
         )
+
+    def set_image_position(self, image_position: str) -> None:
+        """Switch the layout (e.g. a stage-3 ablation starting from a stage-1 model): rebuilds the chat template."""
+        self.chat_template = build_chat_template(self.chat_template, self.image_token, image_position)
+        self.image_position = image_position
 
     @property
     def pad_token_id(self) -> int:
-        """Id used for padding and for image slots (masked out either way); eos when the LLM has no pad (Llama 3)."""
-        pad = self.tokenizer.pad_token_id
-        return pad if pad is not None else self.tokenizer.eos_token_id
+        return self.tokenizer.pad_token_id
 
-    def flatten_messages(self, conversation: list[dict]) -> list[dict]:
-        """HF multimodal messages -> plain-text messages: image parts become the image marker, parts join by '\\n'."""
-        flat = []
-        for message in conversation:
-            content = message["content"]
-            if isinstance(content, list):
-                parts = []
-                for part in content:
-                    if part.get("type") == "image":
-                        parts.append(self.image_token)
-                    elif part.get("type") == "text":
-                        parts.append(part["text"])
-                    else:
-                        raise ValueError(f"Unsupported content part type {part.get('type')!r}; use 'image' or 'text'.")
-                content = "\n".join(parts)
-            flat.append({**message, "content": content})
-        return flat
+    def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        """Images from paths/URLs are loaded, and every image made upright RGB with transparency on white."""
+        if images is not None:
+            images = _map_images(images, load_rgb)
+        return super().prepare_inputs_layout(images=images, text=text, videos=videos, audio=audio, **kwargs)
 
-    def apply_chat_template(
-        self, conversation, add_generation_prompt: bool = False, tokenize: bool = False, return_dict: bool = False,
-        **kwargs,
-    ):  # fmt: skip
-        """Render HF multimodal messages with the processor's chat template (the LLM's own, flattened to text).
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        return self.image_token * self.num_image_tokens
 
-        With `tokenize=True`, images found in the image parts (`{"type": "image", "image": PIL}`) are processed too.
-        """
-        batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
-        conversations = conversation if batched else [conversation]
-        texts = [
-            self.tokenizer.apply_chat_template(
-                self.flatten_messages(conv),
-                chat_template=self.chat_template,
-                add_generation_prompt=add_generation_prompt,
-                tokenize=False,
-                **kwargs,
-            )
-            for conv in conversations
-        ]
-        if not tokenize:
-            return texts if batched else texts[0]
-        images = [
-            part["image"]
-            for conv in conversations
-            for msg in conv
-            if isinstance(msg["content"], list)
-            for part in msg["content"]
-            if part.get("type") == "image" and part.get("image") is not None
-        ]
-        out = self(images=images or None, text=texts)
-        return out if return_dict else out["input_ids"]
+    def expand_image_tokens(self, text: str) -> str:
+        """`text` with each image token expanded to `num_image_tokens` placeholders (what `__call__` tokenizes)."""
+        return re.sub(re.escape(self.image_token), lambda _: self.image_token * self.num_image_tokens, text)
 
-    def __call__(
-        self, images=None, text=None, padding_side: str | None = None, return_tensors: str | None = "pt", **kwargs
-    ):
-        """Text with `image_token` markers (+ the images, in reading order) -> model inputs.
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs):
+        """Placeholders per image, for serving engines that ask the processor (as LlavaProcessor answers)."""
+        from transformers.processing_utils import MultiModalData
 
-        Returns `input_ids`, `attention_mask`, `image_mask` (True on image slots) and, with images, `pixel_values`.
-        Rows are padded to the longest; `padding_side` defaults to the tokenizer's (right for training; use
-        "left" for batched generation).
-        """
-        if text is None:
-            raise ValueError("text is required: render a conversation with processor.apply_chat_template first.")
-        texts = [text] if isinstance(text, str) else list(text)
-        images = [to_rgb(im) for im in _flatten_images(images)]
-        markers = [t.count(self.image_token) for t in texts]
-        if sum(markers) != len(images):
-            raise ValueError(
-                f"The text has {sum(markers)} {self.image_token} marker(s) (per sample: {markers}) but {len(images)} "
-                f"image(s) were given; give exactly one image per {{'type': 'image'}} part, in order."
-            )
-        rows = [self.layout_text(t, n) for t, n in zip(texts, markers)]
-        data = self.pad_rows(rows, padding_side or self.tokenizer.padding_side, return_tensors)
-        if images:
-            data["pixel_values"] = self.image_processor(images, return_tensors="pt")["pixel_values"]
-        return BatchFeature(data=data, tensor_type=None)
-
-    def layout_text(self, text: str, n_images: int) -> tuple[list[int], list[bool]]:
-        """One sample's token ids and image-slot mask, with `num_image_tokens` slots per image marker."""
-        slots = [self.pad_token_id] * self.num_image_tokens
-        if self.image_position == "prefix":
-            text = text.replace(self.image_token + "\n", "").replace(self.image_token, "")
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            return slots * n_images + ids, [True] * (len(slots) * n_images) + [False] * len(ids)
-        segments = text.split(self.image_token)
-        seg_ids = self.tokenizer(segments, add_special_tokens=False)["input_ids"]  # the chat template has the specials
-        ids, mask = list(seg_ids[0]), [False] * len(seg_ids[0])
-        for seg in seg_ids[1:]:
-            ids += slots + list(seg)
-            mask += [True] * len(slots) + [False] * len(seg)
-        return ids, mask
-
-    def pad_rows(self, rows, side: str, return_tensors):
-        # tokenizer.pad knows nothing of image_mask, so rows are padded here (a few lines, all keys in step).
-        if side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
-        width = max(len(ids) for ids, _ in rows)
-        out = {"input_ids": [], "attention_mask": [], "image_mask": []}
-        for ids, mask in rows:
-            for key, seq, value in (("input_ids", ids, self.pad_token_id), ("attention_mask", [1] * len(ids), 0),
-                                    ("image_mask", mask, False)):  # fmt: skip
-                fill = [value] * (width - len(ids))
-                out[key].append(fill + seq if side == "left" else seq + fill)
-        if return_tensors == "pt":
-            out = {
-                "input_ids": torch.tensor(out["input_ids"], dtype=torch.long),
-                "attention_mask": torch.tensor(out["attention_mask"], dtype=torch.long),
-                "image_mask": torch.tensor(out["image_mask"], dtype=torch.bool),
+        data = {}
+        if image_sizes is not None:
+            data = {
+                "num_image_tokens": [self.num_image_tokens] * len(image_sizes),
+                "num_image_patches": [1] * len(image_sizes),
             }
-        elif return_tensors is not None:
-            raise ValueError(f"return_tensors={return_tensors!r} is not supported; use 'pt' or None.")
-        return out
+        return MultiModalData(**data)
 
     @property
     def model_input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask", "image_mask", "pixel_values"]
+        return ["input_ids", "attention_mask", "pixel_values"]
 
 
 __all__ = ["MiniLlavaProcessor"]
