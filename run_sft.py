@@ -212,7 +212,8 @@ def build_model(args: ModelArguments, training_args: SFTConfig):
         return model, MiniLlavaProcessor.from_backbones(args.vision_name, args.llm_name, config=model.config)
     processor = MiniLlavaProcessor.from_pretrained(args.init_from)
     if args.image_position:  # the layout is the processor's; the config records it for whoever loads the result
-        processor.image_position = model.config.image_position = args.image_position
+        processor.set_image_position(args.image_position)
+        model.config.image_position = args.image_position
     return model, processor
 
 
