@@ -159,7 +159,8 @@ def generate(model, processor, ds, suffix: str, max_new_tokens: int, batch_size:
             inputs = processor(images=batch["images"], text=texts, padding_side="left").to(model.device)
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                  use_cache=True, output_logits=True, return_dict_in_generate=True)
-            for tokens, logprobs in zip(out.sequences, answer_logprobs(out.sequences, out.logits, stop_ids)):
+            new_tokens = out.sequences[:, inputs["input_ids"].shape[1] :]  # generate returns prompt + new tokens
+            for tokens, logprobs in zip(new_tokens, answer_logprobs(new_tokens, out.logits, stop_ids)):
                 answers.append(processor.tokenizer.decode(tokens[: len(logprobs)], skip_special_tokens=True).strip())
                 confidences.append(confidence_from_logprobs(logprobs))
                 n_tokens.append(len(logprobs))

@@ -243,6 +243,9 @@ def apply_train_plan(model, args: ModelArguments, gradient_checkpointing: bool):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora_layers = [str(i) for i in range(len(layers)) if i not in top_k]
     config = LoraConfig(
+        # CAUSAL_LM: the adapter loads with AutoPeftModelForCausalLM (our config's auto_map has AutoModelForCausalLM);
+        # without a task type PEFT records our own package as `auto_mapping`, which AutoPeft refuses to import.
+        task_type="CAUSAL_LM",
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
@@ -254,6 +257,26 @@ def apply_train_plan(model, args: ModelArguments, gradient_checkpointing: bool):
         + (["vision_tower"] if args.train_vision else []),
     )
     return get_peft_model(model, config)
+
+
+def portable_reference(name_or_path: str) -> str:
+    """How saved artefacts name a model they came from, never by an absolute path of this machine: a Hub id or a
+    relative path as given; an absolute path relative to the launch directory when it lies below it (e.g.
+    outputs/offline/stage1 from the repo root), else by its folder name. PEFT (adapter_config.json's
+    base_model_name_or_path, read by AutoPeftModelForCausalLM) resolves a local name against the cwd, so an adapter
+    loads from the directory the run was launched from, or from the folder holding its base."""
+    if not name_or_path or not os.path.isabs(name_or_path):
+        return name_or_path
+    relative = os.path.relpath(name_or_path)
+    return relative if not relative.startswith("..") else os.path.basename(os.path.normpath(name_or_path))
+
+
+def use_portable_names(model) -> None:
+    """The names `save_pretrained` copies into config.json (the sub-configs' `_name_or_path`: the backbones), into
+    adapter_config.json and into PEFT's and TRL's model cards (`base_model`: the model's `name_or_path`)."""
+    for config in (model.config, model.config.text_config, model.config.vision_config):
+        config.name_or_path = portable_reference(config.name_or_path)
+    model.name_or_path = model.config.name_or_path
 
 
 def disable_bnb_cpu_repack(model) -> None:
@@ -330,6 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_ds, _ = load_mixture(data_args, split_of=lambda cfg: eval_split, limit=data_args.max_eval_samples)
 
     model, processor = build_model(model_args, training_args)
+    use_portable_names(model)
     model = apply_train_plan(model, model_args, training_args.gradient_checkpointing)
     if training_args.gradient_checkpointing:
         training_args.gradient_checkpointing_kwargs = training_args.gradient_checkpointing_kwargs or {

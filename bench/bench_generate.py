@@ -32,8 +32,9 @@ def make_runner(model, batches, max_new_tokens: int, stops: list[int], outputs: 
     def run():
         outputs.clear()
         for inputs in batches:
-            new = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                  use_cache=True)  # fmt: skip
+            new = out[:, inputs["input_ids"].shape[1] :]  # both models return prompt + new tokens
             outputs.extend(until_stop(row, stops) for row in new)
 
     return run

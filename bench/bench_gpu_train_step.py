@@ -29,7 +29,9 @@ def peak_tflops(device_name: str, override: float | None) -> float | None:
 def build(args, device: torch.device, dtype: torch.dtype):
     if args.quick:
         vision, text = size_configs("tiny")
-        config = MiniLlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict())
+        config = MiniLlavaConfig(
+            vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_id=text.vocab_size - 1
+        )
     else:
         config = build_meta(args.llm).config  # the real architecture's config, no weights
     with device:
@@ -47,7 +49,8 @@ def make_batch(config, batch_size: int, seq_len: int, device, dtype, seed: int) 
     image_mask = torch.zeros(batch_size, seq_len, dtype=torch.bool)
     image_mask[:, 4 : 4 + n_img] = True
     size = config.vision_config.image_size
-    batch = {"input_ids": ids, "image_mask": image_mask, "labels": ids.masked_fill(image_mask, -100),
+    batch = {"input_ids": ids.masked_fill(image_mask, config.image_token_id),
+             "labels": ids.masked_fill(image_mask, -100),
              "attention_mask": torch.ones_like(ids),
              "pixel_values": torch.randn(batch_size, 3, size, size, generator=g).to(dtype)}  # fmt: skip
     return {k: v.to(device) for k, v in batch.items()}

@@ -41,7 +41,9 @@ def load_config(name: str):
 
 
 def build_meta(llm: str) -> MiniLlavaForConditionalGeneration:
-    config = MiniLlavaConfig(vision_config=load_config(VISION), text_config=load_config(llm))
+    text = load_config(llm)
+    # A stand-in placeholder id (the last row); a real build takes the tokenizer's (Qwen2.5: <|image_pad|>).
+    config = MiniLlavaConfig(vision_config=load_config(VISION), text_config=text, image_token_id=text.vocab_size - 1)
     with torch.device("meta"):
         return MiniLlavaForConditionalGeneration(config)
 

@@ -38,7 +38,8 @@ def size_configs(size: str) -> tuple[SiglipVisionConfig, Qwen2Config]:
 
 def build_minillava(vision, text) -> MiniLlavaForConditionalGeneration:
     config = MiniLlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
-                             vision_feature_select_strategy="full", vision_feature_layer=-1)  # fmt: skip
+                             vision_feature_select_strategy="full", vision_feature_layer=-1,
+                             image_token_id=text.vocab_size - 1)  # fmt: skip
     config._attn_implementation = ATTN
     return MiniLlavaForConditionalGeneration(config).train()
 
@@ -57,7 +58,7 @@ def build_llava(vision, text, image_seq_length: int) -> LlavaForConditionalGener
 def make_batch(size: str, n_img: int, seed: int = 0) -> dict:
     """One batch shared by every candidate: [prefix][n_img image slots][text], all tokens real (no padding).
 
-    Returns ours (input_ids with pad in the slots + image_mask) and llava's (image token id in the slots).
+    Returns ours and llava's: the same input_ids with each model's image token id in the slots.
     """
     spec = SIZES[size]
     b, vocab, image_size = spec["batch_size"], spec["text"]["vocab_size"], spec["vision"]["image_size"]
@@ -69,10 +70,9 @@ def make_batch(size: str, n_img: int, seed: int = 0) -> dict:
     labels = ids.masked_fill(image_mask, -100)
     labels[:, :TEXT_PREFIX] = -100
     pixel_values = torch.randn(b, 3, image_size, image_size, generator=g)
-    ours = {"input_ids": ids.masked_fill(image_mask, 0), "image_mask": image_mask, "pixel_values": pixel_values,
-            "attention_mask": torch.ones(b, t, dtype=torch.long), "labels": labels}  # fmt: skip
-    llava = {**ours, "input_ids": ids.masked_fill(image_mask, vocab - 1)}
-    llava.pop("image_mask")
+    llava = {"input_ids": ids.masked_fill(image_mask, vocab - 1), "pixel_values": pixel_values,
+             "attention_mask": torch.ones(b, t, dtype=torch.long), "labels": labels}  # fmt: skip
+    ours = llava  # both models mark images with the same placeholder id (vocab - 1)
     return {"ours": ours, "llava": llava, "batch_size": b, "seq_len": t}
 
 

@@ -151,7 +151,8 @@ class MiniLlavaDataCollator:
             raise _SkipRow("too_long", f"{len(ids)} tokens > max_length={self.max_length}")
         labels = [IGNORE_INDEX] * len(ids)
         for start, end in self.find_assistant_spans(messages, ids):
-            labels[start:end] = ids[start:end]  # an answer never holds a placeholder (find_assistant_spans stops)
+            # An image inside an answer is input, never a target.
+            labels[start:end] = [IGNORE_INDEX if i == self.processor.image_token_id else i for i in ids[start:end]]
         return ids, labels, images
 
     def find_assistant_spans(self, messages, ids) -> list[tuple[int, int]]:
@@ -180,10 +181,8 @@ class MiniLlavaDataCollator:
             start = text_positions[len(prompt)] if len(prompt) < len(text_positions) else len(ids)
             if start < previous_end:
                 raise _SkipRow("no_end_of_turn", f"the assistant turn before message {turn} has no stop token")
-            end = next(
-                (i for i in range(start, len(ids)) if ids[i] in self.stop_token_ids or ids[i] == image_id), None
-            )
-            if end is None or ids[end] == image_id:
+            end = next((i for i in range(start, len(ids)) if ids[i] in self.stop_token_ids), None)
+            if end is None:
                 raise _SkipRow("no_end_of_turn", f"no stop id {sorted(self.stop_token_ids)} after message {turn}")
             spans.append((start, end + 1))
             previous_end = end + 1

@@ -118,17 +118,18 @@ def layout_examples(tiny_dir: str) -> str:
                                  text_config=AutoConfig.from_pretrained(t), image_position=position)
         proc = MiniLlavaProcessor.from_backbones(v, t, config=config)
         text = proc.apply_chat_template(message, add_generation_prompt=True)
-        ids, mask = proc.layout_text(text, text.count(proc.image_token))
+        ids = proc(text=text, return_tensors=None)["input_ids"][0]
+        mask = [i == proc.image_token_id for i in ids]
         parts, i = [], 0
         while i < len(ids):  # runs of text tokens decoded, runs of image slots counted
             j = i
             while j < len(ids) and mask[j] == mask[i]:
                 j += 1
-            parts.append(f"[{j - i} image slots]" if mask[i] else proc.tokenizer.decode(ids[i:j]))
+            parts.append(f"[{j - i} x {proc.image_token}]" if mask[i] else proc.tokenizer.decode(ids[i:j]))
             i = j
         lines.append(f"{position}:\n" + "".join(parts))
     return ("The processor's layout of one question (tiny backbones, Qwen2 chat template; rendered by calling "
-            "`MiniLlavaProcessor.layout_text`):\n\n```text\n" + "\n\n".join(lines) + "\n```")
+            "`MiniLlavaProcessor`):\n\n```text\n" + "\n\n".join(lines) + "\n```")
 
 
 def backbone_config(name: str, tiny_dir: str | None):

@@ -70,7 +70,7 @@ def saved_threshold(model) -> float:
 
 
 def open_image(upload: dict | str | None) -> Image.Image:
-    """Uploaded file (gradio's un-preprocessed image payload, or a path) -> RGB image, or a gr.Error that says what is
+    """Uploaded file (gradio's un-preprocessed image payload, or a path) -> PIL image, or a gr.Error that says what is
     wrong with it. Gradio has already checked that the path lies in its upload cache."""
     path = upload.get("path") if isinstance(upload, dict) else upload
     if not path:
@@ -82,7 +82,8 @@ def open_image(upload: dict | str | None) -> Image.Image:
                 probe.verify()  # structure and checksums, without decoding the pixels
             with Image.open(path, formats=IMAGE_FORMATS) as image:  # verify() leaves the image unusable: reopen
                 image.load()
-                return image.convert("RGB")
+                # As uploaded: the processor makes it upright RGB (EXIF, transparency on white, 16-bit scaled).
+                return image.copy()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise gr.Error(
                 f"This image is too large: at most {MAX_IMAGE_PIXELS // 1_000_000} million pixels. "
@@ -170,7 +171,7 @@ def build_demo(model, processor) -> gr.Blocks:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         text = processor.apply_chat_template(messages, add_generation_prompt=True)
         inputs = processor(images=[image], text=[text], padding_side="left")
-        streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=False, skip_special_tokens=True, timeout=120)
+        streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
         result = {}
 
         def generate():
@@ -193,8 +194,9 @@ def build_demo(model, processor) -> gr.Blocks:
         if "error" in result:
             raise gr.Error(f"Generation failed: {result['error']}")
         out = result["out"]
-        raw = processor.tokenizer.decode(out.sequences[0], skip_special_tokens=True)
-        confidence = answer_confidence(out.sequences[0], out.logits, stop_ids)
+        new_tokens = out.sequences[0, inputs["input_ids"].shape[1] :]  # generate returns prompt + new tokens
+        raw = processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        confidence = answer_confidence(new_tokens, out.logits, stop_ids)
         yield *verdict(raw, confidence, threshold), (raw, confidence)
 
     def rethreshold(last, threshold):

@@ -73,7 +73,7 @@ def check_row(batch, b, processor, llm, answers):
         assert tok.decode(labels[start:end]) == answer + END_OF_TURN[llm]
         assert tok.decode(ids[:start]).endswith(ASSISTANT_HEADER[llm])  # the header itself is unlabelled
     assert tok.decode(ids[runs[-1][1] : real]) == AFTER_END_OF_TURN[llm]
-    assert (labels[batch["image_mask"][b]] == IGNORE_INDEX).all()
+    assert (labels[batch["input_ids"][b] == processor.image_token_id] == IGNORE_INDEX).all()
     assert (labels[real:] == IGNORE_INDEX).all() and (batch["attention_mask"][b, real:] == 0).all()
 
 
@@ -82,13 +82,13 @@ def check_row(batch, b, processor, llm, answers):
 def test_labels_are_exactly_answer_plus_end_of_turn(built, llm, image_position):
     model, processor = built(llm, image_position)
     batch = MiniLlavaDataCollator(processor)([make_row()])
-    assert set(batch) == {"input_ids", "attention_mask", "image_mask", "pixel_values", "labels"}
+    assert set(batch) == {"input_ids", "attention_mask", "pixel_values", "labels"}
     check_row(batch, 0, processor, llm, ["250 Acme Corp"])
-    slots = batch["image_mask"][0].nonzero().flatten()
+    slots = (batch["input_ids"][0] == processor.image_token_id).nonzero().flatten()
     assert len(slots) == processor.num_image_tokens and slots.max() < spans(batch["labels"][0])[0][0]
     if image_position == "prefix":
         assert slots.tolist() == list(range(processor.num_image_tokens))
-    # The model's own stop ids (which include the pad id that fills image slots) label the same positions.
+    # The model's own stop ids (which include the pad id) label the same positions.
     stops = MiniLlavaDataCollator(processor, stop_token_ids=model.generation_config.eos_token_id)([make_row()])
     assert torch.equal(stops["labels"], batch["labels"])
 
@@ -107,18 +107,19 @@ def test_multi_turn_labels_every_assistant_turn(built, llm, image_position):
     row = {"id": "multi", "images": [image(), image((0, 0, 255))], "messages": messages}
     batch = MiniLlavaDataCollator(processor)([row])
     check_row(batch, 0, processor, llm, ["invoice", "Yes"])
-    assert int(batch["image_mask"].sum()) == 2 * processor.num_image_tokens and len(batch["pixel_values"]) == 2
+    n_placeholders = int((batch["input_ids"] == processor.image_token_id).sum())
+    assert n_placeholders == 2 * processor.num_image_tokens and len(batch["pixel_values"]) == 2
     labelled = processor.tokenizer.decode(batch["labels"][0][batch["labels"][0] != IGNORE_INDEX])
     assert "logo" not in labelled and "document" not in labelled and "single" not in labelled
 
 
 def test_image_inside_an_assistant_turn_is_never_labelled(built):
-    # Llama 3 has no pad token, so image slots hold its eos <|eot_id|>: they must neither end the span nor be labels.
+    # The placeholders inside the answer must neither end the span nor be labels.
     _, processor = built("llama")
     answer = {"role": "assistant", "content": [{"type": "text", "text": "Yes"}, {"type": "image"}]}
     row = {"id": "a-img", "images": [image()], "messages": [user("Is there a logo?"), answer]}
     batch = MiniLlavaDataCollator(processor)([row])
-    labels, image_mask = batch["labels"][0], batch["image_mask"][0]
+    labels, image_mask = batch["labels"][0], batch["input_ids"][0] == processor.image_token_id
     runs = spans(labels)
     assert image_mask.sum() == processor.num_image_tokens and (labels[image_mask] == IGNORE_INDEX).all()
     assert len(runs) == 2 and runs[1][0] == runs[0][1] + processor.num_image_tokens
@@ -132,7 +133,7 @@ def test_text_only_row(built, llm):
     _, processor = built(llm)
     row = {"id": "text", "messages": [user("What is the date?"), assistant("March 12")]}  # no images key at all
     batch = MiniLlavaDataCollator(processor)([row])
-    assert "pixel_values" not in batch and not batch["image_mask"].any()
+    assert "pixel_values" not in batch and not (batch["input_ids"] == processor.image_token_id).any()
     check_row(batch, 0, processor, llm, ["March 12"])
     assert MiniLlavaDataCollator(processor)([{**row, "images": []}])["labels"].equal(batch["labels"])
 
@@ -154,7 +155,8 @@ def test_batch_of_different_lengths_is_right_padded(built, llm, image_position):
         check_row(batch, b, processor, llm, [answer])
         assert batch["attention_mask"][b, : lengths[b]].all()  # right padding: real tokens first
         assert (batch["input_ids"][b, lengths[b] :] == processor.pad_token_id).all()
-    assert batch["image_mask"].sum(1).tolist() == [processor.num_image_tokens * n for n in (1, 2, 0)]
+    n_placeholders = (batch["input_ids"] == processor.image_token_id).sum(1).tolist()
+    assert n_placeholders == [processor.num_image_tokens * n for n in (1, 2, 0)]
     assert len(batch["pixel_values"]) == 3
     assert collator.stats == {"seen": 3, "kept": 3, "all_masked": 0, "skipped": {}}
 

@@ -33,7 +33,7 @@ def test_every_backbone_and_projector_runs_forward_and_backward(build, vision, l
     expected_tokens = {"mlp2x_gelu": 64, "perceiver": 8, "pixel_shuffle_mlp": 16}[projector]
     assert model.config.num_image_tokens == processor.num_image_tokens == expected_tokens
     batch = _inputs(processor, texts=("", " more words"))
-    assert batch["image_mask"].sum(1).tolist() == [expected_tokens] * 2
+    assert (batch["input_ids"] == model.config.image_token_id).sum(1).tolist() == [expected_tokens] * 2
     model.train()
     out = model(**batch, labels=_labels_on_text_tail(batch, 3))
     t = batch["input_ids"].shape[1]
@@ -51,7 +51,8 @@ def test_loss_covers_exactly_the_labelled_tokens(build, llm):
     model, processor = build("siglip", llm)
     batch = _inputs(processor, texts=("", " and then some"))
     labels = _labels_on_text_tail(batch, 2)
-    assert (labels[batch["image_mask"]] == -100).all() and (labels[batch["attention_mask"] == 0] == -100).all()
+    is_image = batch["input_ids"] == model.config.image_token_id
+    assert (labels[is_image] == -100).all() and (labels[batch["attention_mask"] == 0] == -100).all()
     with torch.no_grad():
         out = model(**batch, labels=labels)
     # Hand-computed next-token cross-entropy over exactly the labelled positions.
@@ -69,12 +70,30 @@ def test_image_features_reach_the_text_and_only_through_the_slots(build):
         base = model(**batch).logits
         other = dict(batch, pixel_values=torch.rand_like(batch["pixel_values"]))
         changed = model(**other).logits
-        ids_at_slots = batch["input_ids"].masked_fill(batch["image_mask"], 5)  # the slot ids must not matter
-        same = model(**dict(batch, input_ids=ids_at_slots)).logits
-    first_slot = int(batch["image_mask"][0].nonzero()[0])
+        # The placeholder's own embedding row never matters: features overwrite it.
+        model.get_input_embeddings().weight[model.config.image_token_id] += 1.0
+        same = model(**batch).logits
+    first_slot = int((batch["input_ids"][0] == model.config.image_token_id).nonzero()[0])
     assert torch.equal(base[:, :first_slot], changed[:, :first_slot])  # causal: text before the image is unaffected
     assert not torch.allclose(base[:, -1], changed[:, -1])  # the answer position sees the image
-    assert torch.equal(base, same)
+    other_columns = torch.arange(base.shape[-1]) != model.config.image_token_id  # Qwen ties lm_head to that row
+    assert torch.equal(base[..., other_columns], same[..., other_columns])
+
+
+@pytest.mark.parametrize("llm", ["qwen2", "llama"])
+def test_loss_never_targets_placeholders_whoever_built_the_labels(build, llm):
+    """TRL's vision collator labels every non-pad token, placeholders included: the model must ignore those."""
+    model, processor = build("siglip", llm)
+    batch = _inputs(processor, texts=("", " and then some"))
+    naive = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)  # placeholders labelled too
+    masked = naive.masked_fill(batch["input_ids"] == model.config.image_token_id, -100)
+    with torch.no_grad():
+        assert model(**batch, labels=naive).loss.item() == model(**batch, labels=masked).loss.item()
+        out = model(**batch, labels=naive)
+    logp = F.log_softmax(out.logits.float(), dim=-1)
+    b, t = (masked[:, 1:] != -100).nonzero(as_tuple=True)
+    reference = -logp[b, t, masked[b, t + 1]].mean()
+    torch.testing.assert_close(out.loss, reference, rtol=0, atol=1e-6)
 
 
 def test_same_batch_and_seed_give_bitwise_identical_loss(build):
@@ -104,16 +123,34 @@ def test_trl_fused_lm_head_loss_equals_the_models_loss(build):
     torch.testing.assert_close(fused.loss, own, rtol=1e-5, atol=1e-6)
 
 
-def test_slot_count_mismatch_names_both_numbers(build):
-    model, processor = build("siglip", "qwen2", projector_type="pixel_shuffle_mlp")  # 16 slots per image
-    _, wrong = build("siglip", "qwen2")  # a processor laid out for 64 slots
-    with pytest.raises(ValueError, match=r"image_mask marks 64 image slots, but pixel_values give 1 image\(s\) x 16"):
+def test_placeholder_count_mismatch_names_both_numbers(build):
+    model, processor = build("siglip", "qwen2", projector_type="pixel_shuffle_mlp")  # 16 placeholders per image
+    _, wrong = build("siglip", "qwen2")  # a processor laid out for 64
+    with pytest.raises(
+        ValueError,
+        match=r"input_ids hold 64 image placeholder tokens \(id \d+\), but pixel_values give 1 image\(s\) x 16",
+    ):
         model(**_inputs(wrong))
     batch = _inputs(processor)
-    with pytest.raises(ValueError, match="pixel_values were given without image_mask"):
-        model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"])
-    with pytest.raises(ValueError, match="image_mask marks 16 image slots but no pixel_values were given"):
-        model(input_ids=batch["input_ids"], image_mask=batch["image_mask"])
+    text_only = batch["input_ids"].masked_fill(batch["input_ids"] == model.config.image_token_id, 0)
+    with pytest.raises(ValueError, match=r"input_ids hold 0 image placeholder tokens .* 1 image\(s\) x 16"):
+        model(input_ids=text_only, pixel_values=batch["pixel_values"])
+    with pytest.raises(ValueError, match="input_ids hold 16 image placeholder tokens but no pixel_values were given"):
+        model(input_ids=batch["input_ids"])
+
+
+def test_inputs_embeds_find_in_vocabulary_placeholders_by_their_embedding(build):
+    model, processor = build("siglip", "qwen2")
+    batch = _inputs(processor)
+    embeds = model.get_input_embeddings()(batch["input_ids"])
+    with torch.no_grad():
+        by_ids = model(**batch).logits
+        by_embeds = model(inputs_embeds=embeds, pixel_values=batch["pixel_values"]).logits
+    assert torch.equal(by_ids, by_embeds)
+    llama, llama_processor = build("siglip", "llama")  # its placeholder id is past the embedding table
+    batch = _inputs(llama_processor)
+    with pytest.raises(ValueError, match="outside the embedding table"):
+        llama(inputs_embeds=torch.zeros(1, batch["input_ids"].shape[1], 128), pixel_values=batch["pixel_values"])
 
 
 def test_lm_head_is_tied_exactly_when_the_llm_ties(build, tmp_path):
@@ -141,15 +178,13 @@ def _greedy_reference(model, batch, row: int, steps: int) -> list[int]:
     """No cache, no padding: re-run the full unpadded sequence at every step and take the argmax."""
     keep = batch["attention_mask"][row].bool()
     ids = batch["input_ids"][row, keep][None]
-    mask = batch["image_mask"][row, keep][None]
     pixels = batch["pixel_values"][row : row + 1]
     new = []
     for _ in range(steps):
-        logits = model(input_ids=ids, image_mask=mask, pixel_values=pixels, use_cache=False).logits
+        logits = model(input_ids=ids, pixel_values=pixels, use_cache=False).logits
         nxt = int(logits[0, -1].argmax())
         new.append(nxt)
         ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
-        mask = torch.cat([mask, torch.tensor([[False]])], dim=1)
     return new
 
 
@@ -163,7 +198,10 @@ def test_batched_cached_generate_equals_full_recompute_reference(build, side, ll
     with torch.no_grad():
         out = model.generate(**batch, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
         reference = [_greedy_reference(model, batch, row, steps) for row in range(3)]
-    assert out.tolist() == reference
+    # Standard GenerationMixin output: the prompt as given, then the new tokens (the model-card slicing idiom).
+    prompt_len = batch["input_ids"].shape[1]
+    assert torch.equal(out[:, :prompt_len], batch["input_ids"])
+    assert out[:, prompt_len:].tolist() == reference
 
 
 def test_from_backbones_keeps_pretrained_weights_even_from_a_full_siglip_checkpoint(backbones, tmp_path):

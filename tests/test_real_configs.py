@@ -33,7 +33,10 @@ def test_real_sizes_build_and_run_on_meta(llm, hidden, layers, heads, kv_heads, 
     assert (text.intermediate_size, text.vocab_size, text.tie_word_embeddings) == (inter, vocab, tied)
     vision = load_config("siglip-so400m-patch14-384")
     sizes = {"pixel_shuffle_factor": 3, "perceiver_num_latents": 64}
-    config = MiniLlavaConfig(vision_config=vision, text_config=text, projector_type=projector, **sizes)
+    image_token_id = {"qwen2": 151655}.get(text.model_type, vocab)  # Qwen2.5's <|image_pad|>; else an added token
+    config = MiniLlavaConfig(
+        vision_config=vision, text_config=text, projector_type=projector, image_token_id=image_token_id, **sizes
+    )
     n_img = {"mlp2x_gelu": 729, "perceiver": 64, "pixel_shuffle_mlp": 81}[projector]  # 27x27 grid; /3^2
     assert config.num_image_tokens == n_img
     with torch.device("meta"):
@@ -46,8 +49,7 @@ def test_real_sizes_build_and_run_on_meta(llm, hidden, layers, heads, kv_heads, 
         assert (model.lm_head.weight is model.get_input_embeddings().weight) is tied
         n_text = 16
         ids = torch.zeros(1, n_img + n_text, dtype=torch.long)
-        image_mask = torch.zeros(1, n_img + n_text, dtype=torch.bool)
-        image_mask[0, 4 : 4 + n_img] = True
-        out = model(input_ids=ids, pixel_values=torch.zeros(1, 3, 384, 384), image_mask=image_mask)
+        ids[0, 4 : 4 + n_img] = image_token_id
+        out = model(input_ids=ids, pixel_values=torch.zeros(1, 3, 384, 384))
         assert out.logits.shape == (1, n_img + n_text, vocab)
         assert model.get_image_features(torch.zeros(2, 3, 384, 384)).shape == (2, n_img, hidden)
