@@ -2,6 +2,7 @@
 results table in the body, and pushing the card to a Hub repo. A re-run replaces its own results, keeps the others.
 """
 
+import os
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -38,6 +39,20 @@ def results_table(results: list[EvalResult]) -> str:
     return "\n".join(lines)
 
 
+def drop_local_base_models(data: ModelCardData) -> None:
+    """`base_model` names Hub repos. PEFT copies its base's `name_or_path` into the card (`base_model` and a
+    `base_model:adapter:<name>` tag), an absolute path of the training machine for a local base: drop those (they leak
+    the local layout and are no Hub id); Hub ids and relative names stay as given."""
+    local = lambda name: isinstance(name, str) and os.path.isabs(name)
+    base = getattr(data, "base_model", None)
+    if isinstance(base, list):
+        data.base_model = [name for name in base if not local(name)] or None
+    elif local(base):
+        data.base_model = None
+    if data.tags:
+        data.tags = [t for t in data.tags if not (t.startswith("base_model:") and local(t.split(":", 2)[-1]))]
+
+
 def write_model_card(folder: str, results: list[EvalResult], model_name: str, note: str = "") -> Path:
     """Create or update folder/README.md: merged model-index metadata and the results section; returns its path."""
     path = Path(folder) / "README.md"
@@ -48,6 +63,7 @@ def write_model_card(folder: str, results: list[EvalResult], model_name: str, no
                              tags=["mini-llava", "vision-language"])
         card = ModelCard.from_template(data, template_str=_NEW_CARD, model_name=model_name)
     card.data.model_name = card.data.model_name or model_name  # model-index needs a name
+    drop_local_base_models(card.data)
     card.data.eval_results = merge_eval_results(card.data.eval_results, results)
     section = f"{SECTION_START}\n## Evaluation\n\n{note}\n\n{results_table(card.data.eval_results)}\n{SECTION_END}"
     text = card.text

@@ -86,6 +86,10 @@ def build_llava_processor(processor, config):
         tokenizer.init_kwargs.pop(key, None)
     if hasattr(image_processor, "auto_map"):
         del image_processor.auto_map
+    if getattr(image_processor, "crop_size", None) is None and not getattr(image_processor, "do_center_crop", False):
+        # LlavaProcessor._get_num_multimodal_tokens (which serving engines call) reads crop_size, which SigLIP's
+        # processor lacks; with center-cropping off it changes no pixel.
+        image_processor.crop_size = dict(image_processor.size)
     if tokenizer.pad_token is None:  # Llama 3 has none; batching needs one (padding positions are masked)
         tokenizer.pad_token = tokenizer.eos_token
     return LlavaProcessor(

@@ -81,7 +81,7 @@ flowchart LR
 
 
 def class_layout() -> str:
-    from modeling_minillava.configuration_minillava import IMAGE_POSITIONS
+    from modeling_minillava.configuration_minillava import IMAGE_POSITIONS, choose_image_token
     from modeling_minillava.projectors import PROJECTORS
 
     projectors = ", ".join(f"`{k}` -> `{v.__name__}`" for k, v in PROJECTORS.items())
@@ -104,7 +104,7 @@ def class_layout() -> str:
 
 def layout_examples(tiny_dir: str) -> str:
     """The processor's own layout of one question for each image_position (tiny Qwen2 chat template)."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoTokenizer
 
     from modeling_minillava import MiniLlavaConfig
     from modeling_minillava.configuration_minillava import IMAGE_POSITIONS
@@ -115,7 +115,8 @@ def layout_examples(tiny_dir: str) -> str:
     lines = []
     for position in IMAGE_POSITIONS:
         config = MiniLlavaConfig(vision_config=AutoConfig.from_pretrained(v),
-                                 text_config=AutoConfig.from_pretrained(t), image_position=position)
+                                 text_config=AutoConfig.from_pretrained(t), image_position=position,
+                                 image_token_id=choose_image_token(AutoTokenizer.from_pretrained(t))[1])
         proc = MiniLlavaProcessor.from_backbones(v, t, config=config)
         text = proc.apply_chat_template(message, add_generation_prompt=True)
         ids = proc(text=text, return_tensors=None)["input_ids"][0]
