@@ -19,7 +19,7 @@ IMAGE_POSITIONS = ("prefix", "user_turn")
 # the embedding lookup, and image features overwrite those positions anyway).
 IMAGE_TOKEN_CANDIDATES = ("<|image_pad|>", "<image>", "<|image|>")
 RESERVED_TOKEN_PATTERN = re.compile(r"^<\|reserved_special_token_(\d+)\|>$")
-DEFAULT_IMAGE_TOKEN = "<image>"
+DEFAULT_IMAGE_TOKEN = "<|image|>"  # control-token shaped, so a question that says "<image>" stays plain text
 # Remote-code entry points written into config.json; the code files are copied flat next to the weights. Users of
 # remote-code VLMs write AutoModel / AutoModelForCausalLM too, so those give the generating model as well.
 _MODEL_CLASS = "modeling_minillava.MiniLlavaForConditionalGeneration"

@@ -6,16 +6,22 @@ chat template is a multimodal Jinja template, so the inherited `apply_chat_templ
 URL) works unchanged. Ships to the Hub as remote code, so it is self-contained: torch, transformers and PIL only.
 """
 
+import base64
+import binascii
+import io
 import os
 import re
+import urllib.request
 
 import numpy as np
 from PIL import Image, ImageOps
 from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
-from transformers.image_utils import load_image
 
 IMAGE_POSITIONS = ("prefix", "user_turn")
-DEFAULT_IMAGE_TOKEN = "<image>"  # added to the tokenizer only when it reserves no image token (the model's choice)
+# Added to the tokenizer only when it reserves no image token (the model config's choice, see choose_image_token).
+# Control-token shaped, so a question that says "<image>" stays plain text.
+DEFAULT_IMAGE_TOKEN = "<|image|>"
+URL_TIMEOUT_S = 10  # an image URL that never answers must not hang a batch
 
 # The preamble rewrites HF multimodal messages (content = list of parts) into plain-text messages, then the LLM's own
 # template renders them. user_turn: each image part becomes the image token where it sits, parts joined by newlines.
@@ -89,25 +95,43 @@ def to_rgb(image) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        # Absolute levels, never stretched by the image's own range (a blank 16-bit page stays white): 16-bit
+        # integers (PIL opens 16-bit PNGs as I;16 or I) scale by 257, floats in [0, 1] by 255, the rest clip.
         array = np.asarray(image, dtype=np.float64)
-        span = max(float(array.max() - array.min()), 1e-12)
-        image = Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8))
+        if image.mode == "F" and array.max() <= 1.0:
+            array = array * 255
+        elif image.mode != "F" and (image.mode.startswith("I;16") or array.max() > 255):
+            array = array / 257
+        image = Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8))
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def load_rgb(image) -> Image.Image:
     """A PIL image, numpy array, local path, URL or base64 string -> upright RGB (see `to_rgb`).
 
-    Local files are opened here so their alpha channel survives; URLs and base64 go through transformers'
-    `load_image`, which already applies EXIF orientation and converts to RGB.
+    Paths, URLs (with a timeout) and base64 are read as bytes here, not through transformers' `load_image`, whose
+    early `convert("RGB")` would turn a transparent PNG black.
     """
     if isinstance(image, str):
-        image = Image.open(image) if os.path.isfile(image) else load_image(image)
+        image = Image.open(image if os.path.isfile(image) else io.BytesIO(read_image_bytes(image)))
     if isinstance(image, np.ndarray) and not (
         image.dtype == np.uint8 and image.ndim in (2, 3) and image.shape[-1] in (1, 3, 4)
     ):
         return image  # a CHW or float array: the image processor reads it as it is
     return to_rgb(image)
+
+
+def read_image_bytes(source: str) -> bytes:
+    """The bytes of an http(s) URL or a (data-URI) base64 string; anything else is a clear error."""
+    if source.startswith(("http://", "https://")):
+        with urllib.request.urlopen(source, timeout=URL_TIMEOUT_S) as response:
+            return response.read()
+    try:
+        return base64.b64decode(source.split(",", 1)[1] if source.startswith("data:image/") else source, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(
+            f"Incorrect image source {source[:80]!r}: not an existing file, an http(s) URL or base64 image data."
+        ) from None
 
 
 def _map_images(images, fn):
@@ -227,6 +251,19 @@ class MiniLlavaProcessor(ProcessorMixin):
         if images is not None:
             images = _map_images(images, load_rgb)
         return super().prepare_inputs_layout(images=images, text=text, videos=videos, audio=audio, **kwargs)
+
+    def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        """transformers' count check, plus the likely cause when text holds more image tokens than images."""
+        try:
+            super().validate_inputs(images=images, text=text, videos=videos, audio=audio, **kwargs)
+        except ValueError as error:
+            if self.image_token not in str(error):
+                raise
+            raise ValueError(
+                f"{error} Each image token {self.image_token!r} in the text stands for one image. If a message's text "
+                f"itself contains {self.image_token!r}, render with processor.apply_chat_template(..., tokenize=True, "
+                "sanitize_control_tokens=True) so it stays plain text."
+            ) from None
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.image_token * self.num_image_tokens

@@ -25,20 +25,56 @@ DATASET_ROWS = {  # train rows of each real source (published sizes) — the syn
     "data/textvqa": (34_602, "TextVQA train questions, Singh et al. 2019"),
 }
 PUBLISHED = [  # other systems' reported results: never mixed with ours
-    ("LLaVA-1.5-7B", "TextVQA (val)", "58.2", "accuracy",
-     "Liu et al. 2023, *Improved Baselines with Visual Instruction Tuning*, Table 4", "https://arxiv.org/abs/2310.03744"),
-    ("SmolVLM (2.2B, Instruct)", "DocVQA", "81.6", "ANLS", "Hugging Face blog *SmolVLM - small yet mighty Vision "
-     "Language Model*, 2024-11-26, benchmark table", "https://huggingface.co/blog/smolvlm"),
-    ("SmolVLM (2.2B, Instruct)", "TextVQA", "72.7", "accuracy", "same blog post", "https://huggingface.co/blog/smolvlm"),
-    ("Qwen2-VL-2B-Instruct", "DocVQA (test)", "90.1", "ANLS", "Qwen2-VL-2B-Instruct model card, image benchmarks",
-     "https://huggingface.co/Qwen/Qwen2-VL-2B-Instruct"),
-    ("Qwen2-VL-2B-Instruct", "TextVQA (val)", "79.7", "accuracy", "same model card",
-     "https://huggingface.co/Qwen/Qwen2-VL-2B-Instruct"),
+    (
+        "LLaVA-1.5-7B",
+        "TextVQA (val)",
+        "58.2",
+        "accuracy",
+        "Liu et al. 2023, *Improved Baselines with Visual Instruction Tuning*, Table 4",
+        "https://arxiv.org/abs/2310.03744",
+    ),
+    (
+        "SmolVLM (2.2B, Instruct)",
+        "DocVQA",
+        "81.6",
+        "ANLS",
+        "Hugging Face blog *SmolVLM - small yet mighty Vision Language Model*, 2024-11-26, benchmark table",
+        "https://huggingface.co/blog/smolvlm",
+    ),
+    (
+        "SmolVLM (2.2B, Instruct)",
+        "TextVQA",
+        "72.7",
+        "accuracy",
+        "same blog post",
+        "https://huggingface.co/blog/smolvlm",
+    ),
+    (
+        "Qwen2-VL-2B-Instruct",
+        "DocVQA (test)",
+        "90.1",
+        "ANLS",
+        "Qwen2-VL-2B-Instruct model card, image benchmarks",
+        "https://huggingface.co/Qwen/Qwen2-VL-2B-Instruct",
+    ),
+    (
+        "Qwen2-VL-2B-Instruct",
+        "TextVQA (val)",
+        "79.7",
+        "accuracy",
+        "same model card",
+        "https://huggingface.co/Qwen/Qwen2-VL-2B-Instruct",
+    ),
 ]
 BENCH_SKIP = (".min_s", ".max_s", ".n")  # spread of the timed repeats: the medians and ratios are the figures
-METRIC_LABELS = {"exact_match": "exact match", "model_abstain_f1": "model abstain F1",
-                 "abstain_f1": "abstain F1 (thresholded)", "hallucination_rate": "hallucination",
-                 "final_loss": "final loss", "train_samples_per_second": "train samples/s"}
+METRIC_LABELS = {
+    "exact_match": "exact match",
+    "model_abstain_f1": "model abstain F1",
+    "abstain_f1": "abstain F1 (thresholded)",
+    "hallucination_rate": "hallucination",
+    "final_loss": "final loss",
+    "train_samples_per_second": "train samples/s",
+}
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -81,25 +117,27 @@ flowchart LR
 
 
 def class_layout() -> str:
-    from modeling_minillava.configuration_minillava import IMAGE_POSITIONS, choose_image_token
+    from modeling_minillava.configuration_minillava import IMAGE_POSITIONS
     from modeling_minillava.projectors import PROJECTORS
 
     projectors = ", ".join(f"`{k}` -> `{v.__name__}`" for k, v in PROJECTORS.items())
-    return "\n".join([
-        "- `MiniLlavaConfig` (`modeling_minillava/configuration_minillava.py`): `vision_config` + `text_config` "
-        "sub-configs, projector settings, `image_position`; `num_image_tokens` is derived from the tower's grid and "
-        "the projector.",
-        "- `MiniLlavaModel` (base, `base_model_prefix = \"model\"`): `vision_tower`, `multi_modal_projector`, "
-        "`language_model` (`AutoModel.from_config`, no head); `MiniLlavaForConditionalGeneration`: `model` + "
-        "`lm_head` (tied when the LLM ties).",
-        f"- `PROJECTORS` (`modeling_minillava/projectors.py`): {projectors}.",
-        "- `MiniLlavaProcessor` (`processing/`): chat template + image processor; lays out `num_image_tokens` image "
-        "slots per image and returns `image_mask`. `MiniLlavaDataCollator`: labels on assistant answers only.",
-        f"- Where images enter (`image_position`, one of {', '.join(f'`{p}`' for p in IMAGE_POSITIONS)}): "
-        "`user_turn` puts the slots where the image part sits inside the user message (after the chat template's "
-        "system/user header); `prefix` puts all image slots before the whole chat. The projected features replace "
-        "the embeddings at those slots; positions are never reordered during training.",
-    ])
+    return "\n".join(
+        [
+            "- `MiniLlavaConfig` (`modeling_minillava/configuration_minillava.py`): `vision_config` + `text_config` "
+            "sub-configs, projector settings, `image_position`; `num_image_tokens` is derived from the tower's grid and "
+            "the projector.",
+            '- `MiniLlavaModel` (base, `base_model_prefix = "model"`): `vision_tower`, `multi_modal_projector`, '
+            "`language_model` (`AutoModel.from_config`, no head); `MiniLlavaForConditionalGeneration`: `model` + "
+            "`lm_head` (tied when the LLM ties).",
+            f"- `PROJECTORS` (`modeling_minillava/projectors.py`): {projectors}.",
+            "- `MiniLlavaProcessor` (`processing/`): chat template + image processor; lays out `num_image_tokens` image "
+            "slots per image and returns `image_mask`. `MiniLlavaDataCollator`: labels on assistant answers only.",
+            f"- Where images enter (`image_position`, one of {', '.join(f'`{p}`' for p in IMAGE_POSITIONS)}): "
+            "`user_turn` puts the slots where the image part sits inside the user message (after the chat template's "
+            "system/user header); `prefix` puts all image slots before the whole chat. The projected features replace "
+            "the embeddings at those slots; positions are never reordered during training.",
+        ]
+    )
 
 
 def layout_examples(tiny_dir: str) -> str:
@@ -107,19 +145,22 @@ def layout_examples(tiny_dir: str) -> str:
     from transformers import AutoConfig, AutoTokenizer
 
     from modeling_minillava import MiniLlavaConfig
-    from modeling_minillava.configuration_minillava import IMAGE_POSITIONS
+    from modeling_minillava.configuration_minillava import IMAGE_POSITIONS, choose_image_token
     from processing import MiniLlavaProcessor
 
     v, t = os.path.join(tiny_dir, "vision-siglip"), os.path.join(tiny_dir, "llm-qwen2")
     message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the total?"}]}]
     lines = []
     for position in IMAGE_POSITIONS:
-        config = MiniLlavaConfig(vision_config=AutoConfig.from_pretrained(v),
-                                 text_config=AutoConfig.from_pretrained(t), image_position=position,
-                                 image_token_id=choose_image_token(AutoTokenizer.from_pretrained(t))[1])
+        config = MiniLlavaConfig(
+            vision_config=AutoConfig.from_pretrained(v),
+            text_config=AutoConfig.from_pretrained(t),
+            image_position=position,
+            image_token_id=choose_image_token(AutoTokenizer.from_pretrained(t))[1],
+        )
         proc = MiniLlavaProcessor.from_backbones(v, t, config=config)
         text = proc.apply_chat_template(message, add_generation_prompt=True)
-        ids = proc(text=text, return_tensors=None)["input_ids"][0]
+        ids = proc.tokenizer(proc.expand_image_tokens(text), add_special_tokens=False)["input_ids"]
         mask = [i == proc.image_token_id for i in ids]
         parts, i = [], 0
         while i < len(ids):  # runs of text tokens decoded, runs of image slots counted
@@ -129,8 +170,10 @@ def layout_examples(tiny_dir: str) -> str:
             parts.append(f"[{j - i} x {proc.image_token}]" if mask[i] else proc.tokenizer.decode(ids[i:j]))
             i = j
         lines.append(f"{position}:\n" + "".join(parts))
-    return ("The processor's layout of one question (tiny backbones, Qwen2 chat template; rendered by calling "
-            "`MiniLlavaProcessor`):\n\n```text\n" + "\n\n".join(lines) + "\n```")
+    return (
+        "The processor's layout of one question (tiny backbones, Qwen2 chat template; rendered by calling "
+        "`MiniLlavaProcessor`):\n\n```text\n" + "\n\n".join(lines) + "\n```"
+    )
 
 
 def backbone_config(name: str, tiny_dir: str | None):
@@ -175,14 +218,20 @@ def train_plan_counts(recipe_path: str, tiny_dir: str | None = None) -> dict:
     keys = {f.name for f in dataclasses.fields(ModelArguments)}
     margs = ModelArguments(**{k: v for k, v in recipe.items() if k in keys})
     arch_keys = ("projector_type", "perceiver_num_latents", "pixel_shuffle_factor", "vision_feature_layer")
-    config = MiniLlavaConfig(vision_config=backbone_config(arch["vision_name"], tiny_dir),
-                             text_config=backbone_config(arch["llm_name"], tiny_dir),
-                             image_position=recipe.get("image_position") or arch.get("image_position") or "user_turn",
-                             **{k: arch[k] for k in arch_keys if k in arch})
+    config = MiniLlavaConfig(
+        vision_config=backbone_config(arch["vision_name"], tiny_dir),
+        text_config=backbone_config(arch["llm_name"], tiny_dir),
+        image_position=recipe.get("image_position") or arch.get("image_position") or "user_turn",
+        **{k: arch[k] for k in arch_keys if k in arch},
+    )
     with torch.device("meta"):
         model = MiniLlavaForConditionalGeneration(config)
-    modules = {"vision_tower": model.model.vision_tower, "multi_modal_projector": model.model.multi_modal_projector,
-               "language_model": model.model.language_model, "lm_head": model.lm_head}
+    modules = {
+        "vision_tower": model.model.vision_tower,
+        "multi_modal_projector": model.model.multi_modal_projector,
+        "language_model": model.model.language_model,
+        "lm_head": model.lm_head,
+    }
     seen, totals = set(), {}
     for name, module in modules.items():
         params = [p for p in module.parameters() if id(p) not in seen]
@@ -199,8 +248,14 @@ def train_plan_counts(recipe_path: str, tiny_dir: str | None = None) -> dict:
             owner = next((m for m in modules if f"{m}." in pname or pname.startswith(m)), "language_model")
             trainable[owner] += p.numel()
             lora += p.numel() if "lora_" in pname else 0
-    return {"recipe": recipe, "config": config, "totals": totals, "trainable": trainable, "lora": lora,
-            "llm_matmul_params": lm_matmul}
+    return {
+        "recipe": recipe,
+        "config": config,
+        "totals": totals,
+        "trainable": trainable,
+        "lora": lora,
+        "llm_matmul_params": lm_matmul,
+    }
 
 
 def stage_table(stages: dict) -> str:
@@ -214,16 +269,32 @@ def stage_table(stages: dict) -> str:
             cells.append(f"{state} {tr:,} / {total:,}")
         cells += [f"{sum(c['trainable'].values()):,}", f"{c['lora']:,}", c["config"].num_image_tokens]
         rows.append(cells)
-    return table(["stage (recipe)", "vision_tower", "multi_modal_projector", "language_model", "lm_head",
-                  "trainable", "of which LoRA", "image tokens"], rows)
+    return table(
+        [
+            "stage (recipe)",
+            "vision_tower",
+            "multi_modal_projector",
+            "language_model",
+            "lm_head",
+            "trainable",
+            "of which LoRA",
+            "image tokens",
+        ],
+        rows,
+    )
 
 
 def mixture_samples(recipe: dict) -> tuple[float, list[list]]:
     """TRL's mixture rule (fractions normalised, never oversampled) on DATASET_ROWS; returns (samples, rows)."""
     from data_scripts.make_synthetic import SPLIT_FRACTIONS
 
-    sizes = {**DATASET_ROWS, "data/synthetic": (int(50_000 * SPLIT_FRACTIONS["train"]),
-                                                "README: make_synthetic --n 50000, train split share")}
+    sizes = {
+        **DATASET_ROWS,
+        "data/synthetic": (
+            int(50_000 * SPLIT_FRACTIONS["train"]),
+            "README: make_synthetic --n 50000, train split share",
+        ),
+    }
     ds = recipe["datasets"]
     fractions = [d.get("fraction") for d in ds]
     if all(f is None for f in fractions):
@@ -231,8 +302,10 @@ def mixture_samples(recipe: dict) -> tuple[float, list[list]]:
         return total, [[d["path"], sizes[d["path"]][0], "-", sizes[d["path"]][0], sizes[d["path"]][1]] for d in ds]
     weights = [(f or 0) / sum(f or 0 for f in fractions) for f in fractions]
     total = min(sizes[d["path"]][0] / w for d, w in zip(ds, weights) if w > 0)
-    return total, [[d["path"], sizes[d["path"]][0], d.get("fraction"), round(w * total), sizes[d["path"]][1]]
-                   for d, w in zip(ds, weights)]
+    return total, [
+        [d["path"], sizes[d["path"]][0], d.get("fraction"), round(w * total), sizes[d["path"]][1]]
+        for d, w in zip(ds, weights)
+    ]
 
 
 def compute_estimate(stages: dict) -> str:
@@ -251,8 +324,19 @@ def compute_estimate(stages: dict) -> str:
         per_sample = vis + 6 * n_proj * t_vis + t_seq * ((4 + 2 * recompute) * n_llm + 2 * n_llm_tr)
         total = per_sample * samples
         hours = total / (H100_BF16_PEAK * ASSUMED_MFU) / 3600
-        rows.append([label, f"{samples:,.0f}", t_seq, f"{n_llm:,}", f"{n_llm_tr:,}", "yes" if recompute else "no",
-                     f"{per_sample:.3g}", f"{total:.3g}", f"{hours:.1f}"])
+        rows.append(
+            [
+                label,
+                f"{samples:,.0f}",
+                t_seq,
+                f"{n_llm:,}",
+                f"{n_llm_tr:,}",
+                "yes" if recompute else "no",
+                f"{per_sample:.3g}",
+                f"{total:.3g}",
+                f"{hours:.1f}",
+            ]
+        )
     formula = (
         "FLOPs/sample = c_v·N_vision·T_vis + 6·N_proj·T_vis + T·((4 + 2·ckpt)·N_llm + 2·N_llm_trainable), with "
         "c_v = 2 for a frozen tower (forward only; nothing upstream trains) or 6 when it trains; N_llm = LLM matmul "
@@ -260,18 +344,36 @@ def compute_estimate(stages: dict) -> str:
         "the projector below trains); 2·N_llm_trainable = weight gradients (LoRA + unfrozen blocks); ckpt = 1 when "
         "the recipe recomputes activations (gradient checkpointing). T = image tokens + "
         f"{TEXT_TOKENS_PER_SAMPLE} text tokens (assumed). Attention's T² term is ignored (T < 1k). "
-        f"Hours = samples × FLOPs/sample / ({H100_BF16_PEAK / 1e12:.0f} TFLOP/s bf16 peak × MFU {ASSUMED_MFU}).")
-    return "\n\n".join([
-        "**Estimate, not a measurement** (no H100 run exists). Derived from the parameter counts above, the recipes "
-        "and these stated assumptions:", formula,
-        table(["stage", "samples (× epochs)", "tokens/sample T", "N_llm", "N_llm_trainable", "recompute",
-               "FLOPs/sample", "FLOPs total", "est. H100 hours"], rows),
-        "Data mixture behind the sample counts (train rows are published dataset sizes; TRL normalises `fraction`s "
-        "and never oversamples, so the scarcest source sets the total):",
-        table(["stage", "dataset", "train rows (assumed)", "fraction", "rows used", "size source"], mix_rows)])
+        f"Hours = samples × FLOPs/sample / ({H100_BF16_PEAK / 1e12:.0f} TFLOP/s bf16 peak × MFU {ASSUMED_MFU})."
+    )
+    return "\n\n".join(
+        [
+            "**Estimate, not a measurement** (no H100 run exists). Derived from the parameter counts above, the recipes "
+            "and these stated assumptions:",
+            formula,
+            table(
+                [
+                    "stage",
+                    "samples (× epochs)",
+                    "tokens/sample T",
+                    "N_llm",
+                    "N_llm_trainable",
+                    "recompute",
+                    "FLOPs/sample",
+                    "FLOPs total",
+                    "est. H100 hours",
+                ],
+                rows,
+            ),
+            "Data mixture behind the sample counts (train rows are published dataset sizes; TRL normalises `fraction`s "
+            "and never oversamples, so the scarcest source sets the total):",
+            table(["stage", "dataset", "train rows (assumed)", "fraction", "rows used", "size source"], mix_rows),
+        ]
+    )
 
 
 # ---------------------------------------------------------------- the offline default (smoke run)
+
 
 def offline_compute(smoke: dict | None, smoke_dir: str | None) -> str:
     if not smoke:
@@ -284,12 +386,24 @@ def offline_compute(smoke: dict | None, smoke_dir: str | None) -> str:
             history = (load_json(state) or {}).get("log_history", [])
             tokens = next((e["num_tokens"] for e in reversed(history) if "num_tokens" in e), tokens)
         sps, runtime = train.get("train_samples_per_second"), train.get("train_runtime")
-        rows.append([stage, train.get("train_rows"), smoke[stage].get("train_steps"),
-                     round(sps * runtime) if sps and runtime else None, tokens, runtime, sps])
-    return "\n\n".join([
-        table(["stage", "train rows", "steps", "samples seen", "tokens seen", "train seconds", "samples/s"], rows),
-        f"Whole pipeline (backbones, data, both stages, both evaluations): {fmt(smoke.get('seconds'))} s wall time. "
-        f"Machine: {machine_line()} (the machine this report was generated on; summary.json does not record one)."])
+        rows.append(
+            [
+                stage,
+                train.get("train_rows"),
+                smoke[stage].get("train_steps"),
+                round(sps * runtime) if sps and runtime else None,
+                tokens,
+                runtime,
+                sps,
+            ]
+        )
+    return "\n\n".join(
+        [
+            table(["stage", "train rows", "steps", "samples seen", "tokens seen", "train seconds", "samples/s"], rows),
+            f"Whole pipeline (backbones, data, both stages, both evaluations): {fmt(smoke.get('seconds'))} s wall time. "
+            f"Machine: {machine_line()} (the machine this report was generated on; summary.json does not record one).",
+        ]
+    )
 
 
 def machine_line(machine: dict | None = None) -> str:
@@ -317,14 +431,27 @@ def offline_mixture(smoke_dir: str | None) -> str:
 def offline_results(smoke: dict | None) -> str:
     if not smoke:
         return f"Offline default results: {NOT_MEASURED} (run `bash scripts/smoke.sh` and pass `--smoke`)."
-    fields = ("first_loss", "last_loss", "exact_match", "model_abstain_f1", "model_hallucination_rate", "abstain_f1",
-              "hallucination_rate", "auc", "threshold")
+    fields = (
+        "first_loss",
+        "last_loss",
+        "exact_match",
+        "model_abstain_f1",
+        "model_hallucination_rate",
+        "abstain_f1",
+        "hallucination_rate",
+        "auc",
+        "threshold",
+    )
     rows = [[f, smoke["stage1"].get(f), smoke["stage2"].get(f)] for f in fields]
     checks = ", ".join(f"{k}: {'pass' if v else 'FAIL'}" for k, v in (smoke.get("checks") or {}).items())
-    return "\n\n".join([table(["held-out test split", "stage 1", "stage 2"], rows),
-                        f"Learning checks of `scripts/smoke_summary.py`: {checks or NOT_MEASURED}. Unanswerable share "
-                        f"of the test split: {fmt(smoke.get('unanswerable_share'))}; dataset fingerprint "
-                        f"`{str(smoke.get('dataset_fingerprint'))[:16]}`."])
+    return "\n\n".join(
+        [
+            table(["held-out test split", "stage 1", "stage 2"], rows),
+            f"Learning checks of `scripts/smoke_summary.py`: {checks or NOT_MEASURED}. Unanswerable share "
+            f"of the test split: {fmt(smoke.get('unanswerable_share'))}; dataset fingerprint "
+            f"`{str(smoke.get('dataset_fingerprint'))[:16]}`.",
+        ]
+    )
 
 
 def failure_section(smoke: dict | None, smoke_dir: str | None, per_tag: int = 2) -> str:
@@ -335,10 +462,12 @@ def failure_section(smoke: dict | None, smoke_dir: str | None, per_tag: int = 2)
         return f"Failure modes: {NOT_MEASURED} (no stage-2 evaluation of the offline default found)."
     tags = ev.get("failure_tags") or {}
     rows = [[t, n, ERROR_TAGS.get(t, "")] for t, n in sorted(tags.items(), key=lambda kv: -kv[1])]
-    out = [f"From `run_eval.py`'s error taxonomy on the offline default's stage-2 model (test split, "
-           f"{fmt((ev.get('counts') or {}).get('rows'))} rows, {fmt((ev.get('counts') or {}).get('failures'))} "
-           f"failures after the fitted abstention threshold {fmt(ev.get('threshold'))}):",
-           table(["tag", "count", "meaning"], rows)]
+    out = [
+        f"From `run_eval.py`'s error taxonomy on the offline default's stage-2 model (test split, "
+        f"{fmt((ev.get('counts') or {}).get('rows'))} rows, {fmt((ev.get('counts') or {}).get('failures'))} "
+        f"failures after the fitted abstention threshold {fmt(ev.get('threshold'))}):",
+        table(["tag", "count", "meaning"], rows),
+    ]
     preds_path = os.path.join(smoke_dir, "eval", "stage2", "predictions.jsonl")
     if os.path.exists(preds_path):
         with open(preds_path) as f:
@@ -346,53 +475,95 @@ def failure_section(smoke: dict | None, smoke_dir: str | None, per_tag: int = 2)
         examples = []
         for tag, _, _ in rows:
             for r in [r for r in records if r.get("error_tag") == tag][:per_tag]:
-                examples.append([tag, r["question"].replace("|", "/").replace("\n", " "), " / ".join(r["golds"]),
-                                 r["answer"] or "(empty)", round(r["confidence"], 3)])
+                examples.append(
+                    [
+                        tag,
+                        r["question"].replace("|", "/").replace("\n", " "),
+                        " / ".join(r["golds"]),
+                        r["answer"] or "(empty)",
+                        round(r["confidence"], 3),
+                    ]
+                )
         false_abst = [r for r in records if r.get("error_tag") == "false_abstention"]
         right = sum(1 for r in false_abst if r.get("score", 0) >= 1)
         if false_abst:
-            out.append(f"Of the {len(false_abst)} false abstentions, {right} had a right raw answer that the fitted "
-                       "threshold withheld (confidence below it): part of this failure mode is the confidence "
-                       "calibration, not the answer.")
-        out += ["Examples (the first of each tag in `predictions.jsonl`; the HTML gallery with the images is "
-                "`<smoke out>/eval/stage2/failures.html`):",
-                table(["tag", "question", "gold", "model answer", "confidence"], examples)]
+            out.append(
+                f"Of the {len(false_abst)} false abstentions, {right} had a right raw answer that the fitted "
+                "threshold withheld (confidence below it): part of this failure mode is the confidence "
+                "calibration, not the answer."
+            )
+        out += [
+            "Examples (the first of each tag in `predictions.jsonl`; the HTML gallery with the images is "
+            "`<smoke out>/eval/stage2/failures.html`):",
+            table(["tag", "question", "gold", "model answer", "confidence"], examples),
+        ]
     return "\n\n".join(out)
 
 
 # ---------------------------------------------------------------- ablations and benchmarks
 
+
 def ablation_section(abl: dict | None, plots_dir: str) -> str:
     if not abl:
         return f"Ablations: {NOT_MEASURED} (no ablations.json; run `python scripts/ablations.py`)."
     cfg, arms = abl["config"], abl["arms"]
-    ran = "; ".join(f"`{n}` seeds {', '.join(a['seeds']) or 'none'}" + (f" (failed: {', '.join(a['errors'])})"
-                                                                         if a.get("errors") else "")
-                    for n, a in arms.items())
-    out = [f"`python scripts/ablations.py` (git `{str(cfg.get('git_commit'))[:10]}`, {cfg.get('started')} -> "
-           f"{cfg.get('finished')}; {fmt(cfg.get('runs_finished'))} runs, {fmt(cfg.get('run_seconds_total'))} s of "
-           f"train + eval wall time in all) on {machine_line(cfg.get('machine'))}; load average "
-           f"at start/end {cfg.get('load_average')} (shared cores: seconds and samples/s are noisy). Budget: "
-           f"`{json.dumps(cfg.get('budget'))}`; seeds {cfg.get('seeds')}; dataset fingerprint "
-           f"`{str(cfg.get('dataset_fingerprint'))[:16]}`. Runs that finished: {ran}."]
+    ran = "; ".join(
+        f"`{n}` seeds {', '.join(a['seeds']) or 'none'}"
+        + (f" (failed: {', '.join(a['errors'])})" if a.get("errors") else "")
+        for n, a in arms.items()
+    )
+    out = [
+        f"`python scripts/ablations.py` (git `{str(cfg.get('git_commit'))[:10]}`, {cfg.get('started')} -> "
+        f"{cfg.get('finished')}; {fmt(cfg.get('runs_finished'))} runs, {fmt(cfg.get('run_seconds_total'))} s of "
+        f"train + eval wall time in all) on {machine_line(cfg.get('machine'))}; load average "
+        f"at start/end {cfg.get('load_average')} (shared cores: seconds and samples/s are noisy). Budget: "
+        f"`{json.dumps(cfg.get('budget'))}`; seeds {cfg.get('seeds')}; dataset fingerprint "
+        f"`{str(cfg.get('dataset_fingerprint'))[:16]}`. Runs that finished: {ran}."
+    ]
     rows = []
     for name, a in arms.items():
         m, s = a["mean"], a["std"]
         flags = " ".join(f"{k}={v}" for k, v in a.get("flags", {}).items())
-        rows.append([f"`{name}`", a.get("stage"), flags, a["n_seeds"], m.get("num_image_tokens"),
-                     *[mean_std(m.get(k), s.get(k)) for k in (*METRIC_LABELS, "seconds")]])
-    out += ["Per arm, mean ± std over seeds (test split; exact match over answerable rows):",
-            table(["arm", "stage", "flags", "seeds", "image tokens", *METRIC_LABELS.values(), "seconds/run"], rows)]
-    comp = [[c["name"], METRIC_LABELS.get(c["metric"], c["metric"]), f"`{c['a']}`", f"`{c['b']}`",
-             mean_std(c["mean_a"], c["std_a"]), mean_std(c["mean_b"], c["std_b"]), c["diff"], c["p_value"],
-             "[" + ", ".join(fmt(x) for x in c["ci95"]) + "]" if c.get("ci95") else NOT_MEASURED, c["verdict"]]
-            for c in abl["comparisons"]]
-    out += ["Comparisons: diff = mean(B) − mean(A); p = Welch's t-test over seeds; CI = 95% paired bootstrap of the "
-            "diff over seeds. \"real\" = p < 0.05 and the CI excludes 0.",
-            table(["comparison", "metric", "A", "B", "A", "B", "diff", "p", "95% CI", "verdict"], comp),
-            "### What the numbers support", conclusions(abl)]
-    for png, title in (("ablations_bars.png", "exact match / abstain F1 per comparison"),
-                       ("ablations_losses.png", "mean training-loss curves")):
+        rows.append(
+            [
+                f"`{name}`",
+                a.get("stage"),
+                flags,
+                a["n_seeds"],
+                m.get("num_image_tokens"),
+                *[mean_std(m.get(k), s.get(k)) for k in (*METRIC_LABELS, "seconds")],
+            ]
+        )
+    out += [
+        "Per arm, mean ± std over seeds (test split; exact match over answerable rows):",
+        table(["arm", "stage", "flags", "seeds", "image tokens", *METRIC_LABELS.values(), "seconds/run"], rows),
+    ]
+    comp = [
+        [
+            c["name"],
+            METRIC_LABELS.get(c["metric"], c["metric"]),
+            f"`{c['a']}`",
+            f"`{c['b']}`",
+            mean_std(c["mean_a"], c["std_a"]),
+            mean_std(c["mean_b"], c["std_b"]),
+            c["diff"],
+            c["p_value"],
+            "[" + ", ".join(fmt(x) for x in c["ci95"]) + "]" if c.get("ci95") else NOT_MEASURED,
+            c["verdict"],
+        ]
+        for c in abl["comparisons"]
+    ]
+    out += [
+        "Comparisons: diff = mean(B) − mean(A); p = Welch's t-test over seeds; CI = 95% paired bootstrap of the "
+        'diff over seeds. "real" = p < 0.05 and the CI excludes 0.',
+        table(["comparison", "metric", "A", "B", "A", "B", "diff", "p", "95% CI", "verdict"], comp),
+        "### What the numbers support",
+        conclusions(abl),
+    ]
+    for png, title in (
+        ("ablations_bars.png", "exact match / abstain F1 per comparison"),
+        ("ablations_losses.png", "mean training-loss curves"),
+    ):
         if os.path.exists(os.path.join(ROOT, plots_dir, png)):
             out.append(f"![{title}]({plots_dir}/{png})")
     return "\n\n".join(out)
@@ -409,31 +580,47 @@ def conclusions(abl: dict) -> str:
         if untested and len(untested) == len(cs):
             lines.append(f"- **{name}** ({desc}): not testable, fewer than 2 seeds per arm.")
             continue
-        said = "; ".join(f"{METRIC_LABELS.get(c['metric'], c['metric'])} {fmt(c['mean_a'])} -> {fmt(c['mean_b'])} "
-                         f"(p = {fmt(c['p_value'])})" for c in real)
-        noise = ", ".join(METRIC_LABELS.get(c["metric"], c["metric"]) for c in cs
-                          if c["verdict"] == "within seed noise")
-        paired = "; ".join(f"{METRIC_LABELS.get(c['metric'], c['metric'])} diff {fmt(c['diff'])}, paired CI "
-                           f"[{fmt(c['ci95'][0])}, {fmt(c['ci95'][1])}], Welch p = {fmt(c['p_value'])}" for c in cs
-                           if c["verdict"] == "within seed noise" and c.get("ci95")
-                           and (c["ci95"][0] > 0 or c["ci95"][1] < 0))
-        lines.append(f"- **{name}** ({desc}): " + (f"differences beyond seed noise: {said}. " if real else
-                                                     "no difference beyond seed noise. ")
-                     + (f"Within seed noise: {noise}." if noise else "")
-                     + (f" Same sign in every paired seed but smaller than the seed-to-seed spread (not called real): "
-                        f"{paired}." if paired else ""))
+        said = "; ".join(
+            f"{METRIC_LABELS.get(c['metric'], c['metric'])} {fmt(c['mean_a'])} -> {fmt(c['mean_b'])} "
+            f"(p = {fmt(c['p_value'])})"
+            for c in real
+        )
+        noise = ", ".join(
+            METRIC_LABELS.get(c["metric"], c["metric"]) for c in cs if c["verdict"] == "within seed noise"
+        )
+        paired = "; ".join(
+            f"{METRIC_LABELS.get(c['metric'], c['metric'])} diff {fmt(c['diff'])}, paired CI "
+            f"[{fmt(c['ci95'][0])}, {fmt(c['ci95'][1])}], Welch p = {fmt(c['p_value'])}"
+            for c in cs
+            if c["verdict"] == "within seed noise" and c.get("ci95") and (c["ci95"][0] > 0 or c["ci95"][1] < 0)
+        )
+        lines.append(
+            f"- **{name}** ({desc}): "
+            + (f"differences beyond seed noise: {said}. " if real else "no difference beyond seed noise. ")
+            + (f"Within seed noise: {noise}." if noise else "")
+            + (
+                f" Same sign in every paired seed but smaller than the seed-to-seed spread (not called real): "
+                f"{paired}."
+                if paired
+                else ""
+            )
+        )
     em = [a["mean"].get("exact_match") for a in abl["arms"].values() if a["mean"].get("exact_match") is not None]
     if em and max(em) == 0:
-        lines.append("- Exact match is 0 for every arm at this budget (the tiny random model has not learned to "
-                     "answer yet), so the accuracy and abstention comparisons carry no information; final loss is "
-                     "the only quality metric that varies between arms here.")
+        lines.append(
+            "- Exact match is 0 for every arm at this budget (the tiny random model has not learned to "
+            "answer yet), so the accuracy and abstention comparisons carry no information; final loss is "
+            "the only quality metric that varies between arms here."
+        )
     n = sorted({a["n_seeds"] for a in abl["arms"].values()}) or [0]
     seeds = f"{n[0]}" if n[0] == n[-1] else f"{n[0]}-{n[-1]}"
-    lines.append(f"- With {seeds} seed(s) per arm (comparisons use the seeds both arms ran), Welch's test has "
-                 "little power and the bootstrap CI can only "
-                 "span the observed seeds: \"within seed noise\" means *not shown*, not *no effect*. The ablation "
-                 "budget is smaller than the smoke run, on random tiny backbones; these are statements about this "
-                 "setting, not about the real-scale models.")
+    lines.append(
+        f"- With {seeds} seed(s) per arm (comparisons use the seeds both arms ran), Welch's test has "
+        "little power and the bootstrap CI can only "
+        'span the observed seeds: "within seed noise" means *not shown*, not *no effect*. The ablation '
+        "budget is smaller than the smoke run, on random tiny backbones; these are statements about this "
+        "setting, not about the real-scale models."
+    )
     return "\n".join(lines)
 
 
@@ -451,17 +638,24 @@ def bench_section(bench_dir: str | None) -> str:
     files = sorted(glob.glob(os.path.join(bench_dir, "*.json"))) if bench_dir else []
     if not files:
         return f"Benchmarks: {NOT_MEASURED} (no JSON results in `{bench_dir}`)."
-    out = ["Read from `bench/results/*.json` (interleaved medians in one process; ratios are what transfer across "
-           "machines, absolute times on shared cores do not):"]
+    out = [
+        "Read from `bench/results/*.json` (interleaved medians in one process; ratios are what transfer across "
+        "machines, absolute times on shared cores do not):"
+    ]
     for path in files:
         b = load_json(path) or {}
         machine = b.get("machine") or {}
         out.append(f"#### {b.get('benchmark', os.path.basename(path))} (`{os.path.relpath(path, ROOT)}`)")
         load = f"{fmt(machine.get('load_average_1min'))} -> {fmt(machine.get('load_average_1min_end'))}"
-        out.append(f"Machine: {machine_line(machine) if machine else NOT_MEASURED}; quick mode: {b.get('quick')}; "
-                   f"load average {load}" + (f". {machine['gpu_note']}" if machine.get("gpu_note") else ""))
-        rows = [[f"**{k}**" if "ratio" in k.lower() or "speedup" in k.lower() else k, v]
-                for k, v in flatten(b.get("results", {})) if not k.endswith(BENCH_SKIP)]
+        out.append(
+            f"Machine: {machine_line(machine) if machine else NOT_MEASURED}; quick mode: {b.get('quick')}; "
+            f"load average {load}" + (f". {machine['gpu_note']}" if machine.get("gpu_note") else "")
+        )
+        rows = [
+            [f"**{k}**" if "ratio" in k.lower() or "speedup" in k.lower() else k, v]
+            for k, v in flatten(b.get("results", {}))
+            if not k.endswith(BENCH_SKIP)
+        ]
         out.append(table(["result", "value"], rows) if rows else f"results: {NOT_MEASURED}")
         out += [f"- note: {n}" for n in b.get("notes") or []]
     return "\n\n".join(out)
@@ -469,11 +663,14 @@ def bench_section(bench_dir: str | None) -> str:
 
 def published_section() -> str:
     rows = [[s, b, v, m, f"[{src}]({url})"] for s, b, v, m, src, url in PUBLISHED]
-    return "\n\n".join([
-        "**Published numbers of other systems, as reported by their authors. Not our measurements, not comparable to "
-        "the offline default above** (different models, data, scale and evaluation harnesses). TinyLLaVA is left out: "
-        "its figures could not be verified from a primary source while writing this generator.",
-        table(["system", "benchmark", "score", "metric", "source"], rows)])
+    return "\n\n".join(
+        [
+            "**Published numbers of other systems, as reported by their authors. Not our measurements, not comparable to "
+            "the offline default above** (different models, data, scale and evaluation harnesses). TinyLLaVA is left out: "
+            "its figures could not be verified from a primary source while writing this generator.",
+            table(["system", "benchmark", "score", "metric", "source"], rows),
+        ]
+    )
 
 
 STATIC_LIMITS = """- The offline default runs random tiny backbones on a synthetic set: it proves the pipeline learns
@@ -510,32 +707,55 @@ def render(abl_path, bench_dir, smoke_path, plots_dir: str) -> str:
     abl, smoke = load_json(abl_path), load_json(smoke_path)
     smoke_dir = os.path.dirname(os.path.abspath(smoke_path)) if smoke else None
     tiny = tiny_backbones(smoke_dir)
-    offline = {f"offline {s} (`recipes/smoke/{s}.yaml`)": train_plan_counts(
-        os.path.join(ROOT, "recipes", "smoke", f"{s}.yaml"), tiny) for s in ("stage1", "stage2")}
-    real = {f"{s} (`recipes/{s}.yaml`)": train_plan_counts(os.path.join(ROOT, "recipes", f"{s}.yaml"))
-            for s in ("stage1", "stage2")}
+    offline = {
+        f"offline {s} (`recipes/smoke/{s}.yaml`)": train_plan_counts(
+            os.path.join(ROOT, "recipes", "smoke", f"{s}.yaml"), tiny
+        )
+        for s in ("stage1", "stage2")
+    }
+    real = {
+        f"{s} (`recipes/{s}.yaml`)": train_plan_counts(os.path.join(ROOT, "recipes", f"{s}.yaml"))
+        for s in ("stage1", "stage2")
+    }
     cmd = "python scripts/make_report.py " + " ".join(
-        f"--{k} {v}" for k, v in (("ablations", abl_path), ("bench", bench_dir), ("smoke", smoke_path)) if v)
-    return "\n\n".join([
-        "# Mini-LLaVA report",
-        f"Generated by `{cmd}` at git `{git_commit()[:10]}` on "
-        f"{datetime.date.today().isoformat()}. Every number is read from those files or computed by calling the "
-        "repo's code; nothing measured is typed by hand. Inputs that were not given say so.",
-        "## Architecture", ARCHITECTURE, class_layout(), layout_examples(tiny),
-        "## Training stages",
-        "What trains in each stage (trainable / total parameters, from `run_sft.apply_train_plan` on models built on "
-        "the meta device from the recipes):",
-        "### Offline default (tiny random backbones, synthetic doc/UI set, CPU)", stage_table(offline),
-        offline_mixture(smoke_dir),
-        offline_compute(smoke, smoke_dir), offline_results(smoke),
-        "### Real-scale plan (Qwen2.5-1.5B-Instruct + SigLIP-so400m, one H100)", stage_table(real),
-        compute_estimate(real),
-        "## Ablations (offline default)", ablation_section(abl, plots_dir),
-        "## Benchmarks", bench_section(bench_dir),
-        "## Failure modes", failure_section(smoke, smoke_dir),
-        "## Known limits and next steps", STATIC_LIMITS,
-        "## Published reference points (other systems)", published_section(),
-    ]) + "\n"
+        f"--{k} {v}" for k, v in (("ablations", abl_path), ("bench", bench_dir), ("smoke", smoke_path)) if v
+    )
+    return (
+        "\n\n".join(
+            [
+                "# Mini-LLaVA report",
+                f"Generated by `{cmd}` at git `{git_commit()[:10]}` on "
+                f"{datetime.date.today().isoformat()}. Every number is read from those files or computed by calling the "
+                "repo's code; nothing measured is typed by hand. Inputs that were not given say so.",
+                "## Architecture",
+                ARCHITECTURE,
+                class_layout(),
+                layout_examples(tiny),
+                "## Training stages",
+                "What trains in each stage (trainable / total parameters, from `run_sft.apply_train_plan` on models built on "
+                "the meta device from the recipes):",
+                "### Offline default (tiny random backbones, synthetic doc/UI set, CPU)",
+                stage_table(offline),
+                offline_mixture(smoke_dir),
+                offline_compute(smoke, smoke_dir),
+                offline_results(smoke),
+                "### Real-scale plan (Qwen2.5-1.5B-Instruct + SigLIP-so400m, one H100)",
+                stage_table(real),
+                compute_estimate(real),
+                "## Ablations (offline default)",
+                ablation_section(abl, plots_dir),
+                "## Benchmarks",
+                bench_section(bench_dir),
+                "## Failure modes",
+                failure_section(smoke, smoke_dir),
+                "## Known limits and next steps",
+                STATIC_LIMITS,
+                "## Published reference points (other systems)",
+                published_section(),
+            ]
+        )
+        + "\n"
+    )
 
 
 def main(argv=None) -> int:

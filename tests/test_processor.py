@@ -29,12 +29,12 @@ def test_chatml_rendering_is_the_llms_own_template(qwen):
 
 def test_llama_rendering_is_the_llms_own_template(build):
     model, processor = build("clip", "llama")
-    # No reserved image token in this tokenizer: `<image>` is added to the tokenizer only, past the embedding table.
-    assert processor.image_token == "<image>"
+    # No reserved image token in this tokenizer: `<|image|>` is added to the tokenizer only, past the embedding table.
+    assert processor.image_token == "<|image|>"
     assert processor.image_token_id == model.config.image_token_id == model.config.text_config.vocab_size
     assert model.get_input_embeddings().num_embeddings == model.config.text_config.vocab_size  # never resized
     assert processor.apply_chat_template(QUESTION, add_generation_prompt=True) == (
-        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<image>\nWhat is the total?<|eot_id|>"
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<|image|>\nWhat is the total?<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\n"
     )
 
@@ -45,7 +45,7 @@ def test_reserved_llama3_special_token_is_reused(backbones, tmp_path):
     from modeling_minillava.configuration_minillava import choose_image_token
 
     tokenizer = AutoTokenizer.from_pretrained(backbones["llm-llama"])
-    assert choose_image_token(tokenizer) == ("<image>", len(tokenizer))  # nothing reserved: to be added
+    assert choose_image_token(tokenizer) == ("<|image|>", len(tokenizer))  # nothing reserved: to be added
     tokenizer.add_tokens(["<|reserved_special_token_3|>", "<|reserved_special_token_0|>"], special_tokens=True)
     reserved_0 = tokenizer.convert_tokens_to_ids("<|reserved_special_token_0|>")
     assert choose_image_token(tokenizer) == ("<|reserved_special_token_0|>", reserved_0)
