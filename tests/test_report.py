@@ -77,7 +77,7 @@ def test_stage_tables_are_computed_from_the_recipes(filled):
     assert "| 729 |" in stage1  # SigLIP-so400m 27x27 grid, computed by the config
     assert re.search(r"FROZEN 0 / 428,\d{3},\d{3}", stage1)  # the tower's size, counted on the meta device
     assert "TRAINED" in row(filled, "offline stage1 (`recipes/smoke/stage1.yaml`)")
-    assert "user_turn:\n<|im_start|>system" in filled and "prefix:\n[64 image slots]<|im_start|>" in filled
+    assert "user_turn:\n<|im_start|>system" in filled and "prefix:\n[64 x <|image_pad|>]<|im_start|>" in filled
     assert "Estimate, not a measurement" in filled and "989 TFLOP/s" in filled
     assert "Published reference points" in filled and "58.2" in filled
 
