@@ -8,6 +8,7 @@ the placeholder, and the loss never targets it.
 """
 
 import contextlib
+import os
 
 import torch
 from torch import nn
@@ -18,6 +19,11 @@ from transformers.modeling_utils import slice_logits_to_keep
 
 from .configuration_minillava import MiniLlavaConfig, choose_image_token
 from .projectors import PerceiverResampler, build_projector
+
+
+def portable_name(name_or_path: str) -> str:
+    """A Hub id as given; a local folder by its name (an absolute path means nothing on another machine)."""
+    return os.path.basename(os.path.normpath(name_or_path)) if os.path.isdir(name_or_path) else name_or_path
 
 
 class MiniLlavaPreTrainedModel(PreTrainedModel):
@@ -259,6 +265,9 @@ class MiniLlavaForConditionalGeneration(MiniLlavaPreTrainedModel, GenerationMixi
         model.generation_config = llm.generation_config  # the LLM's stop tokens (e.g. Qwen's <|im_end|>)
         model.config.text_config = llm.config
         model.config.vision_config = vision_tower.config
+        # Saved configs name their sources portably: a Hub id as given, a local folder by its name only.
+        model.config.text_config._name_or_path = portable_name(llm_name_or_path)
+        model.config.vision_config._name_or_path = portable_name(vision_name_or_path)
         model.config._name_or_path = ""
         model.tie_weights()
         return model

@@ -36,7 +36,7 @@ _PREAMBLE_BODY = (
     "{{%- else %}}\n"
     "{{%- set parts = namespace(texts=[]) %}}\n"
     "{{%- for part in message['content'] %}}\n"
-    "{{%- if part['type'] == 'image' %}}\n"
+    "{{%- if part['type'] in ('image', 'image_url') %}}\n"
     "{{%- set mm.images = mm.images + 1 %}}\n"
     "{user_turn_image}"
     "{{%- elif part['type'] == 'text' %}}\n"
@@ -236,6 +236,13 @@ class MiniLlavaProcessor(ProcessorMixin):
             image_position=image_position or config.image_position,
             image_token=image_token,
         )
+
+    def save_pretrained(self, save_directory, **kwargs):
+        # transformers 5.24 keeps how the tokenizer was loaded (is_local, local_files_only) in its init kwargs and
+        # writes them out; they describe this machine, not the model, so they stay out of a saved or pushed folder.
+        for key in ("is_local", "local_files_only"):
+            self.tokenizer.init_kwargs.pop(key, None)
+        return super().save_pretrained(save_directory, **kwargs)
 
     def set_image_position(self, image_position: str) -> None:
         """Switch the layout (e.g. a stage-3 ablation starting from a stage-1 model): rebuilds the chat template."""

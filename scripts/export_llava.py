@@ -1,5 +1,5 @@
-"""Export a saved MiniLlava `mlp2x_gelu` model folder as a plain transformers Llava folder: LlavaForConditionalGeneration
-+ LlavaProcessor, loadable without trust_remote_code by AutoModelForImageTextToText / AutoProcessor, vLLM, SGLang, TGI.
+"""Export a saved MiniLlava `mlp2x_gelu` folder as a plain transformers Llava folder (LlavaForConditionalGeneration +
+LlavaProcessor) that AutoModelForImageTextToText / AutoProcessor, vLLM, SGLang and TGI load without trust_remote_code.
 
     python scripts/export_llava.py --model outputs/stage2/final --out outputs/stage2/llava
 
@@ -25,7 +25,7 @@ if ROOT not in sys.path:
 
 # Why each other projector has no Llava counterpart (Llava's projector is Linear -> act -> Linear per vision token).
 UNSUPPORTED_PROJECTORS = {
-    "perceiver": "a Perceiver resampler (learned latents cross-attending to the features) is not Llava's per-token MLP",
+    "perceiver": "a Perceiver resampler (learned latents attending to the features) is not Llava's per-token MLP",
     "pixel_shuffle_mlp": "space-to-depth merges vision tokens before the MLP, which Llava's per-token MLP does not do",
 }
 STALE_TOKENIZER_KEYS = ("auto_map", "is_local", "local_files_only")
@@ -40,28 +40,27 @@ CHECK_MESSAGES = [
 def check_projector(projector_type: str) -> None:
     if projector_type in UNSUPPORTED_PROJECTORS:
         raise ValueError(
-            f"projector_type={projector_type!r} cannot be exported to Llava: {UNSUPPORTED_PROJECTORS[projector_type]}; "
-            "only 'mlp2x_gelu' models export (serve the others with trust_remote_code)."
+            f"projector_type={projector_type!r} cannot be exported to Llava: "
+            f"{UNSUPPORTED_PROJECTORS[projector_type]}; only 'mlp2x_gelu' models export (serve the others with "
+            "trust_remote_code)."
         )
     if projector_type != "mlp2x_gelu":
         raise ValueError(f"projector_type={projector_type!r} has no known Llava export; only 'mlp2x_gelu' exports.")
 
 
-def sub_config_dict(config, **overrides) -> dict:
+def sub_config_dict(config) -> dict:
     """A sub-config as a dict without the local path it was loaded from (`_name_or_path`)."""
-    d = config.to_dict()
-    d.pop("_name_or_path", None)
-    return {**d, **overrides}
+    return {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
 
 
-def build_llava_config(config, vocab_size: int):
+def build_llava_config(config):
     """Every LlavaConfig field from ours, explicitly: Llava defaults to layer -2, strategy "default" (which would drop
     a SigLIP patch), image_token_index 32000 and image_seq_length 576."""
     from transformers import LlavaConfig
 
     return LlavaConfig(
         vision_config=sub_config_dict(config.vision_config),
-        text_config=sub_config_dict(config.text_config, vocab_size=vocab_size),
+        text_config=sub_config_dict(config.text_config),
         image_token_index=config.image_token_id,
         image_seq_length=config.image_seq_length,
         projector_hidden_act=config.projector_hidden_act,
@@ -75,7 +74,8 @@ def build_llava_config(config, vocab_size: int):
 
 def build_llava_processor(processor, config):
     """LlavaProcessor expands each image token to (H/patch)*(W/patch) + num_additional_image_tokens, minus 1 under
-    the "default" strategy: a CLS tower (CLIP) counts its CLS as the additional token, so both strategies match ours."""
+    the "default" strategy: a CLS tower (CLIP) counts its CLS as the additional token, so either strategy matches
+    ours."""
     from transformers import LlavaProcessor
 
     from modeling_minillava.configuration_minillava import VISION_TOWERS
@@ -103,10 +103,10 @@ def build_llava_processor(processor, config):
     )
 
 
-def sample_input_ids(processor, **kwargs) -> list[int]:
+def sample_input_ids(processor) -> list[int]:
     text = processor.apply_chat_template(CHECK_MESSAGES, add_generation_prompt=True)
     image = Image.new("RGB", (48, 40), (200, 30, 90))
-    return processor(images=[image], text=[text], return_tensors="pt", **kwargs)["input_ids"][0].tolist()
+    return processor(images=[image], text=[text], return_tensors="pt")["input_ids"][0].tolist()
 
 
 def check_same_ids(source, exported, where: str) -> None:
@@ -138,7 +138,7 @@ def load_llava(model_dir: str, llava_config):
             if name.endswith(".safetensors") or name.endswith(".safetensors.index.json"):
                 os.symlink(os.path.abspath(os.path.join(model_dir, name)), os.path.join(tmp, name))
         llava_config.save_pretrained(tmp)
-        model, info = LlavaForConditionalGeneration.from_pretrained(tmp, output_loading_info=True)
+        model, info = LlavaForConditionalGeneration.from_pretrained(tmp, dtype="auto", output_loading_info=True)
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if problems:
         raise ValueError(f"{model_dir}'s weights do not map onto Llava's: {problems}")
@@ -170,8 +170,10 @@ def export_llava(model_dir: str, out_dir: str) -> str:
         raise FileExistsError(f"--out {out_dir} is not empty; pick a new folder or delete it first.")
     config = MiniLlavaConfig.from_pretrained(model_dir)
     check_projector(config.projector_type)
+    if config.image_token_id is None:
+        raise ValueError(f"{model_dir}/config.json has no image_token_id; save the model built by from_backbones.")
     processor = MiniLlavaProcessor.from_pretrained(model_dir)
-    model = load_llava(model_dir, build_llava_config(config, config.text_config.vocab_size))
+    model = load_llava(model_dir, build_llava_config(config))
 
     added = extend_vocab(model, config.image_token_id)
     if os.path.exists(os.path.join(model_dir, "generation_config.json")):
