@@ -50,8 +50,12 @@ EVAL_DATASETS = {
     "chartqa": {"metric": "relaxed_accuracy", "prompt_suffix": LMMS_EVAL_SUFFIX, "max_new_tokens": 16},  # lmms-eval
     "synthetic": {"metric": "exact_match", "prompt_suffix": "", "max_new_tokens": 32},  # trained without a suffix
 }
-METRIC_FNS = {"exact_match": exact_match_scores, "anls": anls_scores, "vqa_accuracy": vqa_accuracy_scores,
-              "relaxed_accuracy": relaxed_accuracy_scores}
+METRIC_FNS = {
+    "exact_match": exact_match_scores,
+    "anls": anls_scores,
+    "vqa_accuracy": vqa_accuracy_scores,
+    "relaxed_accuracy": relaxed_accuracy_scores,
+}
 
 
 @dataclass
@@ -60,8 +64,10 @@ class EvalArguments:
     dataset: str = field(default=None, metadata={"help": "dataset folder (save_to_disk + manifest) or Hub id"})
     adapter: str | None = field(default=None, metadata={"help": "PEFT adapter folder applied on --model"})
     model_revision: str | None = field(default=None, metadata={"help": "Hub revision of --model"})
-    dataset_name: str | None = field(default=None, metadata={"help": f"one of {sorted(EVAL_DATASETS)}; default: "
-                                                                      "the manifest's converter / rows' source"})
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": f"one of {sorted(EVAL_DATASETS)}; default: the manifest's converter / rows' source"},
+    )
     split: str = "test"
     max_samples: int | None = field(default=None, metadata={"help": "first N rows of each evaluated split"})
     batch_size: int = 8
@@ -97,8 +103,9 @@ def resolve_dataset_name(name: str | None, dataset: str, splits) -> str:
     if name is None:
         name = next((ds[0]["source"] for ds in splits.values() if len(ds)), None)
     if name not in EVAL_DATASETS:
-        raise ValueError(f"unknown dataset name {name!r} for {dataset!r}: pass --dataset_name, one of "
-                         f"{sorted(EVAL_DATASETS)}.")
+        raise ValueError(
+            f"unknown dataset name {name!r} for {dataset!r}: pass --dataset_name, one of {sorted(EVAL_DATASETS)}."
+        )
     return name
 
 
@@ -111,8 +118,10 @@ def select_split(splits, split: str, max_samples: int | None):
         raise ValueError(f"split {split!r} has no rows to evaluate (max_samples={max_samples}).")
     for row_id, golds in zip(ds["id"], ds["answers"]):
         if not golds or not all(isinstance(g, str) for g in golds):
-            raise ValueError(f"row {row_id!r} of split {split!r} has no gold answers ({golds!r}): evaluate a split "
-                             "with golds (DocVQA's test split has none; use validation).")
+            raise ValueError(
+                f"row {row_id!r} of split {split!r} has no gold answers ({golds!r}): evaluate a split "
+                "with golds (DocVQA's test split has none; use validation)."
+            )
     return ds
 
 
@@ -154,11 +163,23 @@ def generate(model, processor, ds, suffix: str, max_new_tokens: int, batch_size:
     with tqdm(total=len(ds), unit="sample", desc="generate") as bar:
         for first in range(0, len(ds), batch_size):
             batch = ds[first : first + batch_size]
-            texts = [processor.apply_chat_template([user_turn(m, suffix)], add_generation_prompt=True)
-                     for m in batch["messages"]]
-            inputs = processor(images=batch["images"], text=texts, padding_side="left").to(model.device)
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 use_cache=True, output_logits=True, return_dict_in_generate=True)
+            texts = [
+                processor.apply_chat_template([user_turn(m, suffix)], add_generation_prompt=True)
+                for m in batch["messages"]
+            ]
+            inputs = processor(
+                images=batch["images"], text=texts, padding=True, padding_side="left", return_tensors="pt"
+            )
+            inputs = inputs.to(model.device)
+            out = model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                use_cache=True,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
             new_tokens = out.sequences[:, inputs["input_ids"].shape[1] :]  # generate returns prompt + new tokens
             for tokens, logprobs in zip(new_tokens, answer_logprobs(new_tokens, out.logits, stop_ids)):
                 answers.append(processor.tokenizer.decode(tokens[: len(logprobs)], skip_special_tokens=True).strip())
@@ -176,11 +197,22 @@ def build_records(ds, answers, confidences, n_tokens, metric: str, threshold: fl
     scores, final_scores = METRIC_FNS[metric](answers, golds), METRIC_FNS[metric](finals, golds)
     records = []
     for i, row in enumerate(ds.select_columns(["id", "messages", "answerable", "question_type", "meta"])):
-        record = {"index": i, "id": row["id"], "question_type": row["question_type"], "answerable": row["answerable"],
-                  "question": user_turn(row["messages"], "")["content"][-1]["text"], "golds": golds[i],
-                  "answer": answers[i], "answer_tokens": n_tokens[i], "confidence": confidences[i],
-                  "abstained": abstained[i], "final_answer": finals[i], "score": scores[i],
-                  "final_score": final_scores[i], "error_tag": None}
+        record = {
+            "index": i,
+            "id": row["id"],
+            "question_type": row["question_type"],
+            "answerable": row["answerable"],
+            "question": user_turn(row["messages"], "")["content"][-1]["text"],
+            "golds": golds[i],
+            "answer": answers[i],
+            "answer_tokens": n_tokens[i],
+            "confidence": confidences[i],
+            "abstained": abstained[i],
+            "final_answer": finals[i],
+            "score": scores[i],
+            "final_score": final_scores[i],
+            "error_tag": None,
+        }
         if record["final_score"] < 1.0:
             record["error_tag"] = tag_failure(record, parse_meta(row["meta"]))
         records.append(record)
@@ -191,8 +223,10 @@ def compute_metrics(records: list[dict], metric: str, fit_records: list[dict] | 
     """The `metrics` block (definitions in the module docstring)."""
     answerable = [r for r in records if r["answerable"]]
     mean = lambda values: sum(values) / len(values) if values else None  # None: no such rows (never a fake 0)
-    result = {metric: mean([r["score"] for r in answerable]),
-              f"{metric}_after_abstention": mean([r["final_score"] for r in answerable])}
+    result = {
+        metric: mean([r["score"] for r in answerable]),
+        f"{metric}_after_abstention": mean([r["final_score"] for r in answerable]),
+    }
     if len(answerable) < len(records):
         result[f"{metric}_all_rows"] = mean([r["score"] for r in records])
         result.update(abstention_scores([r["abstained"] for r in records], [r["answerable"] for r in records]))
@@ -215,8 +249,15 @@ def per_question_type(records: list[dict], metric: str) -> dict:
     for r in records:
         groups.setdefault(r["question_type"], []).append(r)
     mean = lambda rs, key: sum(float(r[key]) for r in rs) / len(rs)
-    return {qtype: {"count": len(rs), metric: mean(rs, "score"), "abstain_rate": mean(rs, "abstained"),
-                    "mean_confidence": mean(rs, "confidence")} for qtype, rs in sorted(groups.items())}
+    return {
+        qtype: {
+            "count": len(rs),
+            metric: mean(rs, "score"),
+            "abstain_rate": mean(rs, "abstained"),
+            "mean_confidence": mean(rs, "confidence"),
+        }
+        for qtype, rs in sorted(groups.items())
+    }
 
 
 def git_commit() -> str:
@@ -252,8 +293,10 @@ def check_threshold_args(args: EvalArguments, target: str) -> None:
     if args.threshold_split == args.split:
         raise ValueError(f"--threshold_split {args.threshold_split!r} is the evaluated split: fit on a held-out one.")
     if args.save_threshold and not (os.path.isdir(target) and (args.threshold_split or args.threshold is not None)):
-        raise ValueError(f"--save_threshold needs a local model/adapter folder (got {target!r}) and --threshold_split "
-                         "or --threshold.")
+        raise ValueError(
+            f"--save_threshold needs a local model/adapter folder (got {target!r}) and --threshold_split "
+            "or --threshold."
+        )
 
 
 def choose_threshold(args: EvalArguments, gen, fit_ds, metric: str, generation_config):
@@ -261,12 +304,17 @@ def choose_threshold(args: EvalArguments, gen, fit_ds, metric: str, generation_c
     if fit_ds is not None:
         answers, confidences, n_tokens, _ = gen(fit_ds)
         fit_records = build_records(fit_ds, answers, confidences, n_tokens, metric, threshold=0.0)
-        threshold, reward = fit_abstain_threshold(answers, confidences, fit_ds["answerable"],
-                                                  [r["score"] for r in fit_records], cost=args.threshold_cost)
-        summary = {"split": args.threshold_split, "rows": len(fit_ds), "cost": args.threshold_cost,
-                   "mean_reward": reward,
-                   "objective": "max mean reward: an answer earns its score (-cost when 0), an abstention 1 on an "
-                                "unanswerable row, 0 on an answerable one; ties -> lowest threshold"}
+        threshold, reward = fit_abstain_threshold(
+            answers, confidences, fit_ds["answerable"], [r["score"] for r in fit_records], cost=args.threshold_cost
+        )
+        summary = {
+            "split": args.threshold_split,
+            "rows": len(fit_ds),
+            "cost": args.threshold_cost,
+            "mean_reward": reward,
+            "objective": "max mean reward: an answer earns its score (-cost when 0), an abstention 1 on an "
+            "unanswerable row, 0 on an answerable one; ties -> lowest threshold",
+        }
         return threshold, f"fitted on {args.threshold_split}", fit_records, summary
     if args.threshold is not None:
         return args.threshold, "argument", None, None
@@ -282,16 +330,27 @@ def write_gallery_and_plot(records, ds, threshold: float, gallery_size: int, out
     with open(os.path.join(output_dir, "failures.html"), "w") as f:
         f.write(render_gallery(selected, images, failure_counts, f"Failures: {title}"))
     if len(records) >= 2:
-        plot_risk_coverage([r["confidence"] for r in records], [r["score"] for r in records], threshold,
-                           os.path.join(output_dir, "risk_coverage.png"), title)
+        plot_risk_coverage(
+            [r["confidence"] for r in records],
+            [r["score"] for r in records],
+            threshold,
+            os.path.join(output_dir, "risk_coverage.png"),
+            title,
+        )
     return selected, failure_counts
 
 
 def count_rows(records, failure_counts, shown: int, fit_records) -> dict:
-    return {"rows": len(records), "answerable": sum(r["answerable"] for r in records),
-            "unanswerable": sum(not r["answerable"] for r in records),
-            "abstained": sum(r["abstained"] for r in records), "empty_answers": sum(not r["answer"] for r in records),
-            "failures": sum(failure_counts.values()), "gallery": shown, "threshold_rows": len(fit_records or [])}
+    return {
+        "rows": len(records),
+        "answerable": sum(r["answerable"] for r in records),
+        "unanswerable": sum(not r["answerable"] for r in records),
+        "abstained": sum(r["abstained"] for r in records),
+        "empty_answers": sum(not r["answer"] for r in records),
+        "failures": sum(failure_counts.values()),
+        "gallery": shown,
+        "threshold_rows": len(fit_records or []),
+    }
 
 
 def run_eval(args: EvalArguments) -> dict:
@@ -309,11 +368,13 @@ def run_eval(args: EvalArguments) -> dict:
     eos = generation_config.eos_token_id
     stop_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
     max_new_tokens = args.max_new_tokens or spec["max_new_tokens"]
-    gen = lambda rows: generate(model, processor, rows, spec["prompt_suffix"], max_new_tokens, args.batch_size,
-                                stop_ids)
+    gen = lambda rows: generate(
+        model, processor, rows, spec["prompt_suffix"], max_new_tokens, args.batch_size, stop_ids
+    )
     answers, confidences, n_tokens, seconds = gen(ds)
-    threshold, source, fit_records, threshold_fit = choose_threshold(args, gen, fit_ds, spec["metric"],
-                                                                     generation_config)
+    threshold, source, fit_records, threshold_fit = choose_threshold(
+        args, gen, fit_ds, spec["metric"], generation_config
+    )
     records = build_records(ds, answers, confidences, n_tokens, spec["metric"], threshold)
     metrics = compute_metrics(records, spec["metric"], fit_records)
     write_jsonl(os.path.join(output_dir, "predictions.jsonl"), records)
@@ -326,20 +387,40 @@ def run_eval(args: EvalArguments) -> dict:
 
     manifest = load_manifest(args.dataset) if os.path.exists(os.path.join(args.dataset, MANIFEST_NAME)) else {}
     results = {
-        "model": args.model, "model_revision": args.model_revision, "adapter": args.adapter,
+        "model": args.model,
+        "model_revision": args.model_revision,
+        "adapter": args.adapter,
         "model_commit_hash": getattr(model.config, "_commit_hash", None),
-        "dataset": args.dataset, "dataset_name": name, "split": args.split,
-        "dataset_fingerprint": manifest.get("fingerprint") or ds._fingerprint, "git_commit": git_commit(),
-        "metric": spec["metric"], "prompt_suffix": spec["prompt_suffix"],
-        "generation": {"do_sample": False, "num_beams": 1, "use_cache": True, "padding_side": "left",
-                       "max_new_tokens": max_new_tokens, "max_new_tokens_pinned": spec["max_new_tokens"],
-                       "batch_size": args.batch_size, "stop_token_ids": stop_ids, "device": str(model.device),
-                       "dtype": str(model.dtype), "confidence": "exp(mean raw-logit log-prob of the answer tokens)"},
-        "threshold": threshold, "threshold_source": source, "threshold_fit": threshold_fit,
-        "abstain_answer": ABSTAIN_ANSWER, "counts": count_rows(records, failure_counts, len(selected), fit_records),
-        "metrics": metrics, "per_question_type": per_question_type(records, spec["metric"]),
+        "dataset": args.dataset,
+        "dataset_name": name,
+        "split": args.split,
+        "dataset_fingerprint": manifest.get("fingerprint") or ds._fingerprint,
+        "git_commit": git_commit(),
+        "metric": spec["metric"],
+        "prompt_suffix": spec["prompt_suffix"],
+        "generation": {
+            "do_sample": False,
+            "num_beams": 1,
+            "use_cache": True,
+            "padding_side": "left",
+            "max_new_tokens": max_new_tokens,
+            "max_new_tokens_pinned": spec["max_new_tokens"],
+            "batch_size": args.batch_size,
+            "stop_token_ids": stop_ids,
+            "device": str(model.device),
+            "dtype": str(model.dtype),
+            "confidence": "exp(mean raw-logit log-prob of the answer tokens)",
+        },
+        "threshold": threshold,
+        "threshold_source": source,
+        "threshold_fit": threshold_fit,
+        "abstain_answer": ABSTAIN_ANSWER,
+        "counts": count_rows(records, failure_counts, len(selected), fit_records),
+        "metrics": metrics,
+        "per_question_type": per_question_type(records, spec["metric"]),
         "failure_tags": dict(sorted(failure_counts.items())),
-        "samples_per_second": len(records) / seconds, "args": asdict(args),
+        "samples_per_second": len(records) / seconds,
+        "args": asdict(args),
     }
     with open(os.path.join(output_dir, "eval_results.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -349,11 +430,14 @@ def run_eval(args: EvalArguments) -> dict:
         build_eval_results(metrics, name if os.path.exists(args.dataset) else args.dataset, name, args.split),
         model_name=os.path.basename(os.path.normpath(target)),
         note=f"`run_eval.py` at git {results['git_commit']}; dataset fingerprint "
-             f"{results['dataset_fingerprint'][:16]}; abstention threshold {threshold:.4f} ({source}).")
+        f"{results['dataset_fingerprint'][:16]}; abstention threshold {threshold:.4f} ({source}).",
+    )
     if args.push_to_hub:
         push_model_card(card, args.push_to_hub)
-    print(f"[eval] {name}/{args.split}: {len(records)} rows, {results['samples_per_second']:.2f} samples/s; "
-          f"{spec['metric']} {metrics[spec['metric']]}; threshold {threshold:.4f} ({source}); -> {output_dir}")
+    print(
+        f"[eval] {name}/{args.split}: {len(records)} rows, {results['samples_per_second']:.2f} samples/s; "
+        f"{spec['metric']} {metrics[spec['metric']]}; threshold {threshold:.4f} ({source}); -> {output_dir}"
+    )
     return results
 
 

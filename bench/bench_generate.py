@@ -15,7 +15,7 @@ def prompt_inputs(processor, rows: list[dict]):
     """One left-padded batch of generation prompts (the user turn of each row + the assistant header)."""
     texts = [processor.apply_chat_template(row["messages"][:1], add_generation_prompt=True) for row in rows]
     images = [load_images(row["images"]) for row in rows]
-    return processor(images=images, text=texts, padding_side="left")
+    return processor(images=images, text=texts, padding=True, padding_side="left", return_tensors="pt")
 
 
 def until_stop(tokens: torch.Tensor, stops: list[int]) -> list[int]:

@@ -16,9 +16,12 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
+from transformers.utils import logging
 
 from .configuration_minillava import MiniLlavaConfig, choose_image_token
 from .projectors import PerceiverResampler, build_projector
+
+logger = logging.get_logger(__name__)
 
 
 def portable_name(name_or_path: str) -> str:
@@ -164,6 +167,15 @@ class MiniLlavaForConditionalGeneration(MiniLlavaPreTrainedModel, GenerationMixi
         emb = self.model.language_model.get_input_embeddings()
         return next(f"{n}.weight" for n, m in self.model.language_model.named_modules() if m is emb)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' loader re-creates every loaded parameter as trainable (5.24 `core_model_loading`), which
+        would unfreeze the tower of every model loaded from a folder (TRL's CLI, trainers given a path): it is
+        frozen again here, as the constructor leaves it."""
+        model = super().from_pretrained(*args, **kwargs)
+        model.model.vision_tower.requires_grad_(False)
+        return model
+
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
 
@@ -172,6 +184,16 @@ class MiniLlavaForConditionalGeneration(MiniLlavaPreTrainedModel, GenerationMixi
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """As transformers', except a request for exactly one more row for an added image placeholder (what
+        AutoPeftModel asks when the adapter folder holds the tokenizer): the placeholder never needs a row, since
+        it is looked up as 0 and overwritten, so the embedding matrix stays as it is."""
+        current = self.get_input_embeddings().num_embeddings
+        if pad_to_multiple_of is None and new_num_tokens == current + 1 == (self.config.image_token_id or -1) + 1:
+            logger.info(f"Not resizing the embeddings to {new_num_tokens}: the extra id is the image placeholder.")
+            return self.get_input_embeddings()
+        return super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
 
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings

@@ -154,10 +154,10 @@ class MiniLlavaProcessor(ProcessorMixin):
             `image_token_id`.
     """
 
-    # Defaults a call can override: the chat template already holds the LLM's special tokens (no second BOS), and a
-    # batch comes back padded, as tensors, ready for `model(**inputs)` / `model.generate(**inputs)`.
-    text_kwargs = {"add_special_tokens": False, "padding": True, "return_tensors": "pt"}
-    images_kwargs = {"return_tensors": "pt"}
+    # The chat template already holds the LLM's special tokens, so none are added (no second BOS); a call can
+    # override it. Padding and tensors are the caller's choice, as with LlavaProcessor: TRL's GRPO tokenizes
+    # prompts unpadded and pads them itself.
+    text_kwargs = {"add_special_tokens": False}
 
     def __init__(
         self,

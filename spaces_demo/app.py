@@ -170,7 +170,7 @@ def build_demo(model, processor) -> gr.Blocks:
         threshold = default_threshold if threshold is None else float(threshold)
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         text = processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = processor(images=[image], text=[text], padding_side="left")
+        inputs = processor(images=[image], text=[text], return_tensors="pt")
         streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
         result = {}
 

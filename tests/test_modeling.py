@@ -13,7 +13,9 @@ QUESTION = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "te
 def _inputs(processor, texts=("",), side="right", n_images=None):
     base = processor.apply_chat_template(QUESTION, add_generation_prompt=True)
     images = [Image.new("RGB", (48, 40), (30 * i, 200 - 20 * i, 90)) for i in range(len(texts))]
-    return processor(images=images, text=[base + t for t in texts], padding_side=side)
+    return processor(
+        images=images, text=[base + t for t in texts], padding=True, padding_side=side, return_tensors="pt"
+    )
 
 
 def _labels_on_text_tail(batch, n_tail: int) -> torch.Tensor:

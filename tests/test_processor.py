@@ -58,7 +58,7 @@ def test_user_turn_layout_puts_placeholders_exactly_at_the_image_part(qwen):
     before, after = text.split(qwen.image_token)
     ids_before = qwen.tokenizer(before, add_special_tokens=False)["input_ids"]
     ids_after = qwen.tokenizer(after, add_special_tokens=False)["input_ids"]
-    out = qwen(images=[Image.new("RGB", (40, 30))], text=text)
+    out = qwen(images=[Image.new("RGB", (40, 30))], text=text, return_tensors="pt")
     n = qwen.num_image_tokens
     assert n == 64
     expected_ids = ids_before + [qwen.image_token_id] * n + ids_after
@@ -75,7 +75,7 @@ def test_prefix_layout_puts_all_placeholders_first(backbones, build):
     assert processor.image_position == "prefix"
     text = processor.apply_chat_template(QUESTION, add_generation_prompt=True)
     assert text.startswith("<|image_pad|><|im_start|>system") and text.count("<|image_pad|>") == 1
-    out = processor(images=[Image.new("RGB", (8, 8))] * 1, text=text)
+    out = processor(images=[Image.new("RGB", (8, 8))] * 1, text=text, return_tensors="pt")
     text_ids = processor.tokenizer(text.replace("<|image_pad|>", ""), add_special_tokens=False)["input_ids"]
     assert out["input_ids"][0].tolist() == [processor.image_token_id] * 64 + text_ids
 
@@ -93,8 +93,10 @@ def test_switching_the_layout_rebuilds_the_template(build):
 def test_padding_masks_are_exact(qwen, side):
     short = qwen.apply_chat_template(QUESTION, add_generation_prompt=True)
     long = short + "and some more words here"
-    out = qwen(images=[Image.new("RGB", (8, 8))] * 2, text=[short, long], padding_side=side)
-    n_short = len(qwen(images=[Image.new("RGB", (8, 8))], text=short)["input_ids"][0])
+    out = qwen(
+        images=[Image.new("RGB", (8, 8))] * 2, text=[short, long], padding=True, padding_side=side, return_tensors="pt"
+    )
+    n_short = len(qwen(images=[Image.new("RGB", (8, 8))], text=short, return_tensors="pt")["input_ids"][0])
     width = out["input_ids"].shape[1]
     pad = width - n_short
     assert pad > 0
@@ -124,13 +126,13 @@ def test_wrong_image_count_raises(qwen, n_images):
         else "Found total 1 <|image_pad|> tokens and 2 images"
     )
     with pytest.raises(ValueError, match=re.escape(expected)):
-        qwen(images=[Image.new("RGB", (8, 8))] * n_images or None, text=text)
+        qwen(images=[Image.new("RGB", (8, 8))] * n_images or None, text=text, return_tensors="pt")
 
 
 def test_missing_image_file_raises(qwen):
     text = qwen.apply_chat_template(QUESTION, add_generation_prompt=True)
     with pytest.raises(ValueError, match="Incorrect image source"):
-        qwen(images=["no/such/page.png"], text=text)
+        qwen(images=["no/such/page.png"], text=text, return_tensors="pt")
 
 
 def test_modes_are_converted_to_rgb():
@@ -150,8 +152,8 @@ def test_modes_are_converted_to_rgb():
 def test_every_mode_gives_the_same_pixels_as_its_rgb_version(qwen):
     text = qwen.apply_chat_template(QUESTION, add_generation_prompt=True)
     grey = Image.new("L", (20, 20), 100)
-    a = qwen(images=[grey], text=text)["pixel_values"]
-    b = qwen(images=[grey.convert("RGB")], text=text)["pixel_values"]
+    a = qwen(images=[grey], text=text, return_tensors="pt")["pixel_values"]
+    b = qwen(images=[grey.convert("RGB")], text=text, return_tensors="pt")["pixel_values"]
     assert torch.equal(a, b)
 
 
@@ -162,7 +164,9 @@ def test_tokenized_chat_template_includes_pixels(qwen):
             "content": [{"type": "image", "image": Image.new("RGB", (9, 9))}, {"type": "text", "text": "Hi"}],
         }
     ]
-    out = qwen.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    out = qwen.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
     assert out["pixel_values"].shape == (1, 3, 128, 128) and int((out["input_ids"] == qwen.image_token_id).sum()) == 64
 
 
@@ -172,7 +176,10 @@ def test_save_and_load_round_trip(qwen, tmp_path):
     keys = ("num_image_tokens", "image_position", "chat_template", "image_token", "image_token_id")
     assert [getattr(loaded, k) for k in keys] == [getattr(qwen, k) for k in keys]
     text = qwen.apply_chat_template(QUESTION, add_generation_prompt=True)
-    a, b = qwen(images=[Image.new("RGB", (8, 8))], text=text), loaded(images=[Image.new("RGB", (8, 8))], text=text)
+    a, b = (
+        qwen(images=[Image.new("RGB", (8, 8))], text=text, return_tensors="pt"),
+        loaded(images=[Image.new("RGB", (8, 8))], text=text, return_tensors="pt"),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -64,10 +64,11 @@ def expected_ids(processor, text: str) -> list[int]:
 
 def pixels(processor, image) -> torch.Tensor:
     """Reference pixel_values of one image through a direct processor call."""
-    return processor(images=[image], text=processor.image_token)["pixel_values"]
+    return processor(images=[image], text=processor.image_token, return_tensors="pt")["pixel_values"]
 
 
 def chat(processor, messages, **kwargs):
+    kwargs = {"return_tensors": "pt", "processor_kwargs": {"padding": True}, **kwargs}
     return processor.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, **kwargs
     )
@@ -131,7 +132,7 @@ def test_chat_image_sources_give_the_same_tensors_as_a_direct_call(qwen, page_di
     out = chat(qwen, [user(part, text_part(QUESTION))])
     text = CHATML_HEAD + f"<|image_pad|>\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n"
     assert set(out) == {"input_ids", "attention_mask", "pixel_values"}
-    assert torch.equal(out["pixel_values"], qwen(images=[draw_page()], text=text)["pixel_values"])
+    assert torch.equal(out["pixel_values"], qwen(images=[draw_page()], text=text, return_tensors="pt")["pixel_values"])
     assert out["pixel_values"].shape == (1, 3, 128, 128)
     assert out["input_ids"].tolist() == [expected_ids(qwen, text)]
     assert int((out["input_ids"] == qwen.image_token_id).sum()) == qwen.num_image_tokens == 64
@@ -175,7 +176,9 @@ def test_custom_chat_template_string_is_used(qwen):
     )
     messages = [user({"type": "image", "image": draw_page()}, text_part(QUESTION))]
     assert qwen.apply_chat_template(messages, chat_template=custom) == f"<|image_pad|>[user] {QUESTION}"
-    out = qwen.apply_chat_template(messages, chat_template=custom, tokenize=True, return_dict=True)
+    out = qwen.apply_chat_template(
+        messages, chat_template=custom, tokenize=True, return_dict=True, return_tensors="pt"
+    )
     assert out["input_ids"].tolist() == [expected_ids(qwen, f"<|image_pad|>[user] {QUESTION}")]
     assert torch.equal(out["pixel_values"], pixels(qwen, draw_page()))
 
@@ -193,7 +196,9 @@ def test_continue_final_message_leaves_the_answer_open(qwen):
     ]
     prefix = CHATML_HEAD + f"<|image_pad|>\n{QUESTION}<|im_end|>\n<|im_start|>assistant\nThe total is"
     assert qwen.apply_chat_template(messages, continue_final_message=True) == prefix
-    out = qwen.apply_chat_template(messages, continue_final_message=True, tokenize=True, return_dict=True)
+    out = qwen.apply_chat_template(
+        messages, continue_final_message=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
     assert out["input_ids"].tolist() == [expected_ids(qwen, prefix)]  # no <|im_end|> after the partial answer
 
 
@@ -215,7 +220,8 @@ def test_assistant_tokens_mask_covers_exactly_the_answer(qwen):
         tokenize=True,
         return_dict=True,
         return_assistant_tokens_mask=True,
-        processor_kwargs={"padding_side": "left"},
+        return_tensors="pt",
+        processor_kwargs={"padding": True, "padding_side": "left"},
     )
     masks = torch.as_tensor(out["assistant_masks"]).bool()
     assert masks.shape == out["input_ids"].shape
@@ -239,7 +245,7 @@ def test_assistant_tokens_mask_covers_exactly_the_answer(qwen):
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padding_side_puts_pads_exactly_there(qwen, side):
     texts = [f"<|image_pad|>\n{QUESTION}", f"<|image_pad|>\n{QUESTION} Answer with a single word or phrase."]
-    out = qwen(images=[draw_page(), draw_page()], text=texts, padding_side=side)
+    out = qwen(images=[draw_page(), draw_page()], text=texts, padding=True, padding_side=side, return_tensors="pt")
     rows = [expected_ids(qwen, t) for t in texts]
     gap = len(rows[1]) - len(rows[0])
     assert gap > 0
@@ -253,7 +259,7 @@ def test_padding_side_puts_pads_exactly_there(qwen, side):
 def test_padding_to_max_length(qwen):
     text = f"<|image_pad|>\n{QUESTION}"
     ids = expected_ids(qwen, text)
-    out = qwen(images=[draw_page()], text=text, padding="max_length", max_length=len(ids) + 7)
+    out = qwen(images=[draw_page()], text=text, padding="max_length", max_length=len(ids) + 7, return_tensors="pt")
     assert out["input_ids"].tolist() == [ids + [qwen.pad_token_id] * 7]
     assert out["attention_mask"].tolist() == [[1] * len(ids) + [0] * 7]
 
@@ -261,7 +267,7 @@ def test_padding_to_max_length(qwen):
 def test_truncation_that_cuts_only_text_works(qwen):
     text = f"<|image_pad|>\n{QUESTION}"
     ids = expected_ids(qwen, text)
-    out = qwen(images=[draw_page()], text=text, truncation=True, max_length=len(ids) - 3)
+    out = qwen(images=[draw_page()], text=text, truncation=True, max_length=len(ids) - 3, return_tensors="pt")
     assert out["input_ids"].tolist() == [ids[:-3]]
     assert int((out["input_ids"] == qwen.image_token_id).sum()) == 64
 
@@ -295,7 +301,7 @@ def test_tokenizer_kwargs_reach_the_tokenizer_through_apply_chat_template(qwen):
         [user({"type": "image", "image": draw_page()}, text_part(QUESTION))],
         [user({"type": "image", "image": draw_page()}, text_part(QUESTION + " Answer briefly."))],
     ]
-    out = chat(qwen, conversations, return_tensors="np", processor_kwargs={"padding_side": "left"})
+    out = chat(qwen, conversations, return_tensors="np", processor_kwargs={"padding": True, "padding_side": "left"})
     assert isinstance(out["input_ids"], np.ndarray) and isinstance(out["pixel_values"], np.ndarray)
     rows = [expected_ids(qwen, t) for t in qwen.apply_chat_template(conversations, add_generation_prompt=True)]
     gap = len(rows[1]) - len(rows[0])

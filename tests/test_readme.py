@@ -43,7 +43,7 @@ def test_readme_usage_snippet_prints_the_greedy_answer(build, tmp_path):
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the invoice total?"}]}
     ]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(images=[image], text=[prompt])
+    inputs = processor(images=[image], text=[prompt], return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     expected = processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -26,7 +26,8 @@ CHILD = textwrap.dedent(
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the total?"}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     images = [Image.new("RGB", (48, 40), (200, 30, 90)), Image.new("RGB", (30, 60), (10, 120, 240))]
-    batch = processor(images=images, text=[text, text + " please"], padding_side="left")
+    texts = [text, text + " please"]
+    batch = processor(images=images, text=texts, padding=True, padding_side="left", return_tensors="pt")
     result = {"text": text, "processor": type(processor).__module__}
     for auto in (AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText):
         model = auto.from_pretrained(folder, trust_remote_code=True).eval()
@@ -69,7 +70,9 @@ def test_fresh_process_loads_remote_code_with_identical_outputs(build, tmp_path,
     assert child["text"] == text
     assert child["processor"].startswith("transformers_modules.")
     images = [Image.new("RGB", (48, 40), (200, 30, 90)), Image.new("RGB", (30, 60), (10, 120, 240))]
-    batch = processor(images=images, text=[text, text + " please"], padding_side="left")
+    batch = processor(
+        images=images, text=[text, text + " please"], padding=True, padding_side="left", return_tensors="pt"
+    )
     with torch.no_grad():
         logits = model(**batch).logits
         generated = model.generate(**batch, max_new_tokens=5, min_new_tokens=5, do_sample=False)
