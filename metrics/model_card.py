@@ -15,16 +15,29 @@ _NEW_CARD = "---\n{{ card_data }}\n---\n\n# {{ model_name }}\n\nA Mini-LLaVA vis
 def build_eval_results(metrics: dict, dataset_type: str, dataset_name: str, split: str) -> list[EvalResult]:
     """One EvalResult per scalar metric (bools and nested values are left out)."""
     return [
-        EvalResult(task_type=TASK_TYPE, dataset_type=dataset_type, dataset_name=dataset_name, dataset_split=split,
-                   metric_type=name, metric_name=name, metric_value=float(value))
+        EvalResult(
+            task_type=TASK_TYPE,
+            dataset_type=dataset_type,
+            dataset_name=dataset_name,
+            dataset_split=split,
+            metric_type=name,
+            metric_name=name,
+            metric_value=float(value),
+        )
         for name, value in metrics.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
     ]
 
 
 def _key(result: EvalResult) -> tuple:
-    return (result.task_type, result.dataset_type, result.dataset_name, result.dataset_config, result.dataset_split,
-            result.metric_type)
+    return (
+        result.task_type,
+        result.dataset_type,
+        result.dataset_name,
+        result.dataset_config,
+        result.dataset_split,
+        result.metric_type,
+    )
 
 
 def merge_eval_results(old: list[EvalResult] | None, new: list[EvalResult]) -> list[EvalResult]:
@@ -59,8 +72,12 @@ def write_model_card(folder: str, results: list[EvalResult], model_name: str, no
     if path.exists():
         card = ModelCard.load(path)
     else:
-        data = ModelCardData(model_name=model_name, library_name="transformers", pipeline_tag="image-text-to-text",
-                             tags=["mini-llava", "vision-language"])
+        data = ModelCardData(
+            model_name=model_name,
+            library_name="transformers",
+            pipeline_tag="image-text-to-text",
+            tags=["mini-llava", "vision-language"],
+        )
         card = ModelCard.from_template(data, template_str=_NEW_CARD, model_name=model_name)
     card.data.model_name = card.data.model_name or model_name  # model-index needs a name
     drop_local_base_models(card.data)
