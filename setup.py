@@ -1,5 +1,7 @@
 """Mini-LLaVA: a small, honest recipe for LLaVA-style document/UI vision-language models."""
 
+import pathlib
+
 from setuptools import find_packages, setup
 
 # Tested ranges: transformers/trl/peft rename arguments between minors, so they are pinned to the minor we test.
@@ -22,7 +24,7 @@ setup(
     name="minillava",
     version="0.1.0",
     description="LLaVA-style vision-language models for documents and UI screenshots, on the Hugging Face stack",
-    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description=pathlib.Path("README.md").read_text() if pathlib.Path("README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["modeling_minillava", "processing", "data_scripts", "metrics", "metrics.*"]),

@@ -148,10 +148,14 @@ def main(argv=None) -> dict:
              "tied" if p["params"]["lm_head_tied"] else p["params"]["lm_head"], p["params"]["total"],
              p["trainable"]["stage1_projector"], p["trainable"]["stage2_projector_lora"]]
             for llm, p in results["llms"].items()]  # fmt: skip
-    print_table(["llm", "vision", "projector", "language_model", "lm_head", "total", "stage1 train", "stage2 train"],
-                [[f"{c:,}" if isinstance(c, int) else c for c in row] for row in rows])
-    print(f"\nESTIMATED peak memory, stage 2 (projector + LoRA r={args.lora_r}), batch {args.batch_size}, "
-          f"seq {args.seq_len}, gradient checkpointing (GiB):")
+    print_table(
+        ["llm", "vision", "projector", "language_model", "lm_head", "total", "stage1 train", "stage2 train"],
+        [[f"{c:,}" if isinstance(c, int) else c for c in row] for row in rows],
+    )
+    print(
+        f"\nESTIMATED peak memory, stage 2 (projector + LoRA r={args.lora_r}), batch {args.batch_size}, "
+        f"seq {args.seq_len}, gradient checkpointing (GiB):"
+    )
     rows = []
     for llm, p in results["llms"].items():
         m = p["memory_estimate_stage2"]

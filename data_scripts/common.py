@@ -52,16 +52,19 @@ def open_split(source, split, config=None, revision=None, streaming="auto"):
         ext = os.path.splitext(source)[1]
         if ext not in _LOCAL_BUILDERS:
             raise ValueError(f"--source {source!r}: unsupported file type {ext!r}; use {sorted(_LOCAL_BUILDERS)}")
-        return datasets.load_dataset(_LOCAL_BUILDERS[ext], data_files={"train": source}, split="train",
-                                     streaming=streaming == "yes")
+        return datasets.load_dataset(
+            _LOCAL_BUILDERS[ext], data_files={"train": source}, split="train", streaming=streaming == "yes"
+        )
     if os.path.isdir(source) and os.path.exists(os.path.join(source, "dataset_dict.json")):
         dd = datasets.load_from_disk(source)
         return next((dd[a] for a in _SPLIT_ALIASES[split] if a in dd), None)
     stream = streaming == "yes" or (streaming == "auto" and not os.path.isdir(source))
     kwargs = {"revision": revision, "streaming": stream}
     if os.path.isdir(source):  # a local copy of a Hub repo: configs are sub-folders (DocVQA/train-*.parquet)
-        kwargs = {"streaming": stream, "data_dir": config if config and os.path.isdir(os.path.join(source, config))
-                  else None}
+        kwargs = {
+            "streaming": stream,
+            "data_dir": config if config and os.path.isdir(os.path.join(source, config)) else None,
+        }
         config = None
     for alias in _SPLIT_ALIASES[split]:
         try:
@@ -119,30 +122,58 @@ def _convert_one(example, idx, convert_fn, split, source, image_column, image_ro
     return {**row, REJECT: ""}
 
 
-def convert_split(src, convert_fn, *, split, source, image_column="image", image_root=None, num_proc=None,
-                  max_rows=None, cache_dir=None):
+def convert_split(
+    src,
+    convert_fn,
+    *,
+    split,
+    source,
+    image_column="image",
+    image_root=None,
+    num_proc=None,
+    max_rows=None,
+    cache_dir=None,
+):
     """Returns (canonical Dataset, Counter{(split, reason)}) for one source split."""
     if image_column in (src.features or {}) and isinstance(src.features[image_column], datasets.Image):
         src = src.cast_column(image_column, datasets.Image(decode=False))  # we decode ourselves, to count bad ones
-    kwargs = {"convert_fn": convert_fn, "split": split, "source": source, "image_column": image_column,
-              "image_root": image_root}
+    kwargs = {
+        "convert_fn": convert_fn,
+        "split": split,
+        "source": source,
+        "image_column": image_column,
+        "image_root": image_root,
+    }
     if isinstance(src, datasets.IterableDataset):
         if max_rows is not None:
             src = src.take(max_rows)
-        mapped = src.map(_convert_one, with_indices=True, fn_kwargs=kwargs,
-                         remove_columns=list(src.column_names or []), features=_WORK_FEATURES)
+        mapped = src.map(
+            _convert_one,
+            with_indices=True,
+            fn_kwargs=kwargs,
+            remove_columns=list(src.column_names or []),
+            features=_WORK_FEATURES,
+        )
 
         def generate():
             yield from tqdm(mapped, desc=f"{source}/{split}", unit="row", total=max_rows)
 
-        out = datasets.Dataset.from_generator(generate, features=_WORK_FEATURES, cache_dir=cache_dir,
-                                              fingerprint=uuid.uuid4().hex)
+        out = datasets.Dataset.from_generator(
+            generate, features=_WORK_FEATURES, cache_dir=cache_dir, fingerprint=uuid.uuid4().hex
+        )
     else:
         if max_rows is not None:
             src = src.select(range(min(max_rows, len(src))))
-        out = src.map(_convert_one, with_indices=True, fn_kwargs=kwargs, remove_columns=src.column_names,
-                      features=_WORK_FEATURES, num_proc=num_proc, desc=f"{source}/{split}",
-                      load_from_cache_file=False)
+        out = src.map(
+            _convert_one,
+            with_indices=True,
+            fn_kwargs=kwargs,
+            remove_columns=src.column_names,
+            features=_WORK_FEATURES,
+            num_proc=num_proc,
+            desc=f"{source}/{split}",
+            load_from_cache_file=False,
+        )
     reasons = Counter(r for r in out[REJECT] if r)
     if reasons:
         out = out.filter(lambda r: not r, input_columns=REJECT)
@@ -162,16 +193,29 @@ def run_converter(args, convert_fn, *, source_name: str, image_column="image", i
             if src is None:
                 print(f"[{source_name}] source has no {split!r} split; it stays empty")
                 continue
-            splits[split], rej = convert_split(src, convert_fn, split=split, source=source_name,
-                                               image_column=image_column, image_root=image_root,
-                                               num_proc=args.num_proc, max_rows=args.max_rows,
-                                               cache_dir=os.path.join(tmp, "cache"))
+            splits[split], rej = convert_split(
+                src,
+                convert_fn,
+                split=split,
+                source=source_name,
+                image_column=image_column,
+                image_root=image_root,
+                num_proc=args.num_proc,
+                max_rows=args.max_rows,
+                cache_dir=os.path.join(tmp, "cache"),
+            )
             rejected += rej
         against = index_eval_images([load_dataset_dir(p) for p in args.dedup_against]) if args.dedup_against else None
         splits, deduped = dedup_splits(splits, against=against)
-        manifest = build_manifest(splits=splits, source=args.source, revision=args.revision, converter=source_name,
-                                  rejected=rejected, deduped=deduped,
-                                  extra={"config": args.config, "max_rows": args.max_rows, **(extra or {})})
+        manifest = build_manifest(
+            splits=splits,
+            source=args.source,
+            revision=args.revision,
+            converter=source_name,
+            rejected=rejected,
+            deduped=deduped,
+            extra={"config": args.config, "max_rows": args.max_rows, **(extra or {})},
+        )
         staged = os.path.join(tmp, "out")
         save_dataset_dict(splits, staged, manifest)
         if os.path.exists(args.out):
@@ -183,5 +227,7 @@ def run_converter(args, convert_fn, *, source_name: str, image_column="image", i
 
 def print_summary(name: str, manifest: dict) -> None:
     rows = {s: c["rows"] for s, c in manifest["splits"].items()}
-    print(f"[{name}] rows {rows}; dropped {manifest['dropped']}; deduplicated {manifest['deduplicated']}; "
-          f"fingerprint {manifest['fingerprint'][:16]}")
+    print(
+        f"[{name}] rows {rows}; dropped {manifest['dropped']}; deduplicated {manifest['deduplicated']}; "
+        f"fingerprint {manifest['fingerprint'][:16]}"
+    )

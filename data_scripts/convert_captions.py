@@ -54,8 +54,13 @@ def main(argv=None):
     parser.add_argument("--image_root", default=None, help="folder that relative image paths are resolved against")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt choice")
     args = parser.parse_args(argv)
-    return run_converter(args, make_caption_converter(args.seed), source_name=SOURCE, image_root=args.image_root,
-                         extra={"seed": args.seed, "prompts": list(CAPTION_PROMPTS)})
+    return run_converter(
+        args,
+        make_caption_converter(args.seed),
+        source_name=SOURCE,
+        image_root=args.image_root,
+        extra={"seed": args.seed, "prompts": list(CAPTION_PROMPTS)},
+    )
 
 
 if __name__ == "__main__":

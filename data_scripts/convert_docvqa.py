@@ -18,8 +18,10 @@ def convert_docvqa_example(ex, idx, split):
     if not answers:
         raise Reject("missing_answer")
     qid = ex.get("questionId")
-    meta = {k: ex.get(k) for k in ("questionId", "docId", "ucsf_document_id", "ucsf_document_page_no",
-                                   "question_types", "data_split")}
+    meta = {
+        k: ex.get(k)
+        for k in ("questionId", "docId", "ucsf_document_id", "ucsf_document_page_no", "question_types", "data_split")
+    }
     return {
         "id": f"{SOURCE}-{split}-{qid if qid is not None else idx}",
         "question": question,

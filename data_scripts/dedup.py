@@ -78,6 +78,7 @@ def dedup_splits(splits: dict, against=None, max_distance: int = PHASH_NEAR_DIST
     higher-priority split. `against`: a NearDupIndex of images from other sources' eval splits to keep out.
     `near_key(row) -> str`: exact content key replacing the phash for "near" (see the module docstring).
     """
+
     def new_index():
         return NearDupIndex(max_distance) if near_key is None else ExactKeyIndex()
 

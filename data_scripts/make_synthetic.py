@@ -26,15 +26,31 @@ from data_scripts.synth_docs import render_form, render_invoice, render_memo, re
 from data_scripts.synth_ui import render_dialog, render_login, render_menu, render_notification, render_settings
 
 SOURCE = "synthetic"
-DOC_KINDS = {"invoice": render_invoice, "receipt": render_receipt, "form": render_form, "table": render_table,
-             "memo": render_memo}
-UI_KINDS = {"login screen": render_login, "settings screen": render_settings, "dialog": render_dialog,
-            "menu": render_menu, "notification": render_notification}
+DOC_KINDS = {
+    "invoice": render_invoice,
+    "receipt": render_receipt,
+    "form": render_form,
+    "table": render_table,
+    "memo": render_memo,
+}
+UI_KINDS = {
+    "login screen": render_login,
+    "settings screen": render_settings,
+    "dialog": render_dialog,
+    "menu": render_menu,
+    "notification": render_notification,
+}
 KINDS = {**DOC_KINDS, **UI_KINDS}  # key = the doc_type answer
 # Answerable types by weight; the small closed-set ones (yes_no, counting, layout, doc_type) are learnable from
 # coarse visual cues, which the tiny CPU model of the offline default needs in order to show learning.
-ANSWERABLE_WEIGHTS = {"extraction": 0.25, "key_value": 0.12, "yes_no": 0.18, "counting": 0.15, "layout": 0.15,
-                      "doc_type": 0.15}
+ANSWERABLE_WEIGHTS = {
+    "extraction": 0.25,
+    "key_value": 0.12,
+    "yes_no": 0.18,
+    "counting": 0.15,
+    "layout": 0.15,
+    "doc_type": 0.15,
+}
 UNANSWERABLE_SHARE = 0.25
 SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 DOC_TYPE_QUESTION = "What kind of document or screen is this?"
@@ -93,11 +109,18 @@ def make_sample(seed: int, index: int, unanswerable_share: float = UNANSWERABLE_
     answerable = qtype != "unanswerable"
     if derive_answer(fields, qtype, evidence) != (answer if answerable else ABSTAIN_ANSWER):
         raise AssertionError(f"sample {index} ({kind}): {question!r} -> {answer!r} not derivable from {evidence!r}")
-    meta = {"kind": kind, "fields": fields, "texts": canvas.texts, "evidence": evidence, "seed": seed,
-            "index": index}
-    row = make_row(id=f"{SOURCE}-{seed}-{index:06d}", source=SOURCE, split=split_of(seed, index),
-                   image_bytes=encode_png(image), question=question, answers=[answer] if answerable else [],
-                   answerable=answerable, question_type=qtype, meta=meta)
+    meta = {"kind": kind, "fields": fields, "texts": canvas.texts, "evidence": evidence, "seed": seed, "index": index}
+    row = make_row(
+        id=f"{SOURCE}-{seed}-{index:06d}",
+        source=SOURCE,
+        split=split_of(seed, index),
+        image_bytes=encode_png(image),
+        question=question,
+        answers=[answer] if answerable else [],
+        answerable=answerable,
+        question_type=qtype,
+        meta=meta,
+    )
     problems = validate_row(row)
     if problems:
         raise AssertionError(f"sample {index}: invalid row {problems}")
@@ -124,8 +147,9 @@ def generate_rows(n: int, seed: int, num_proc: int, unanswerable_share: float):
         yield from tqdm(pool.imap(_make_sample_star, jobs, chunksize=16), total=n, desc="synthetic", unit="img")
 
 
-def build_synthetic(out: str, n: int = 500, seed: int = 0, num_proc: int = 1,
-                    unanswerable_share: float = UNANSWERABLE_SHARE) -> dict:
+def build_synthetic(
+    out: str, n: int = 500, seed: int = 0, num_proc: int = 1, unanswerable_share: float = UNANSWERABLE_SHARE
+) -> dict:
     """Renders n rows, splits them, drops cross-split near duplicates, writes out/ + manifest; returns manifest."""
     if not 1 <= n <= 1_000_000:
         raise ValueError(f"--n {n}: use 200..100000 rows (tests use fewer)")
@@ -133,9 +157,12 @@ def build_synthetic(out: str, n: int = 500, seed: int = 0, num_proc: int = 1,
     os.makedirs(parent, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=parent, prefix=".synthetic-") as tmp:
         full = datasets.Dataset.from_generator(
-            generate_rows, gen_kwargs={"n": n, "seed": seed, "num_proc": num_proc,
-                                       "unanswerable_share": unanswerable_share},
-            features=FEATURES, cache_dir=os.path.join(tmp, "cache"), fingerprint=uuid.uuid4().hex)
+            generate_rows,
+            gen_kwargs={"n": n, "seed": seed, "num_proc": num_proc, "unanswerable_share": unanswerable_share},
+            features=FEATURES,
+            cache_dir=os.path.join(tmp, "cache"),
+            fingerprint=uuid.uuid4().hex,
+        )
         split_col = full["split"]
         splits = {s: full.select([i for i, v in enumerate(split_col) if v == s]) for s in SPLITS}
         # phash alone would call most renderings of one template duplicates (see dedup.py), so near = same content;
@@ -143,13 +170,21 @@ def build_synthetic(out: str, n: int = 500, seed: int = 0, num_proc: int = 1,
         _, template_near = dedup_splits(splits)
         splits, deduped = dedup_splits(splits, near_key=content_key)
         kinds = Counter(json.loads(m)["kind"] for ds in splits.values() for m in ds["meta"])
-        manifest = build_manifest(splits=splits, source="data_scripts.make_synthetic", converter=SOURCE, seed=seed,
-                                  deduped=deduped, extra={"n_requested": n, "kinds": dict(sorted(kinds.items())),
-                                                          "unanswerable_share_target": unanswerable_share,
-                                                          "near_duplicate_definition": "same kind + rendered fields",
-                                                          "phash_near_template_pairs_kept": {
-                                                              f"{s}/{r}": c for (s, r), c in template_near.items()},
-                                                          "abstain_answer": ABSTAIN_ANSWER})
+        manifest = build_manifest(
+            splits=splits,
+            source="data_scripts.make_synthetic",
+            converter=SOURCE,
+            seed=seed,
+            deduped=deduped,
+            extra={
+                "n_requested": n,
+                "kinds": dict(sorted(kinds.items())),
+                "unanswerable_share_target": unanswerable_share,
+                "near_duplicate_definition": "same kind + rendered fields",
+                "phash_near_template_pairs_kept": {f"{s}/{r}": c for (s, r), c in template_near.items()},
+                "abstain_answer": ABSTAIN_ANSWER,
+            },
+        )
         staged = os.path.join(tmp, "out")
         save_dataset_dict(splits, staged, manifest)
         if os.path.exists(out):
@@ -168,8 +203,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     manifest = build_synthetic(args.out, args.n, args.seed, args.num_proc, args.unanswerable_share)
     counts = {s: c["rows"] for s, c in manifest["splits"].items()}
-    print(f"[synthetic] rows {counts}; deduplicated {manifest['deduplicated']}; "
-          f"fingerprint {manifest['fingerprint'][:16]}")
+    print(
+        f"[synthetic] rows {counts}; deduplicated {manifest['deduplicated']}; "
+        f"fingerprint {manifest['fingerprint'][:16]}"
+    )
     return manifest
 
 

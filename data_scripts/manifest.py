@@ -29,8 +29,9 @@ def git_state(cwd: str, *status_args: str) -> tuple[str | None, bool]:
     (None, False) outside git. The one place training, evaluation, data and reports read their code version."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
-        status = subprocess.run(["git", "status", "--porcelain", *status_args], cwd=cwd, capture_output=True,
-                                text=True, check=False)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", *status_args], cwd=cwd, capture_output=True, text=True, check=False
+        )
     except (OSError, subprocess.CalledProcessError):
         return None, False
     return commit.stdout.strip(), bool(status.stdout.strip())
@@ -51,9 +52,11 @@ def split_counts(ds) -> dict:
     }
 
 
-def build_manifest(*, splits: dict, source: str, converter: str, revision=None, seed=None, rejected=None,
-                   deduped=None, extra=None) -> dict:
+def build_manifest(
+    *, splits: dict, source: str, converter: str, revision=None, seed=None, rejected=None, deduped=None, extra=None
+) -> dict:
     """rejected: Counter{(split, reason)} from validation/decoding; deduped: Counter{(split, reason)} from dedup."""
+
     def nest(counter):
         out = {}
         for (split, reason), n in sorted((counter or {}).items()):

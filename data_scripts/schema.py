@@ -52,8 +52,9 @@ def encode_png(img: PILImage.Image) -> bytes:
     return buf.getvalue()
 
 
-def make_row(*, id, source, split, image_bytes, question, answers, answerable=True, question_type, meta=None,
-             target=None):
+def make_row(
+    *, id, source, split, image_bytes, question, answers, answerable=True, question_type, meta=None, target=None
+):
     """Builds a canonical single-turn row. The assistant says `target` (default answers[0]; ABSTAIN_ANSWER when
     unanswerable); `answers` keeps every gold answer (e.g. TextVQA's 10, with repeats, for VQA accuracy)."""
     sha, phash = hash_image_bytes(image_bytes)
@@ -162,8 +163,13 @@ def validate_row(row) -> list[str]:
     sha, phash = row["image_sha256"], row["phash"]
     if not (isinstance(sha, str) and len(sha) == 64 and set(sha) <= _HEX):
         problems.append("image_sha256: must be 64 lowercase hex chars")
-    elif (isinstance(images, list) and images and isinstance(images[0], dict) and images[0].get("bytes")
-          and hashlib.sha256(images[0]["bytes"]).hexdigest() != sha):
+    elif (
+        isinstance(images, list)
+        and images
+        and isinstance(images[0], dict)
+        and images[0].get("bytes")
+        and hashlib.sha256(images[0]["bytes"]).hexdigest() != sha
+    ):
         problems.append("image_sha256: does not match the bytes of images[0]")
     if not (isinstance(phash, str) and len(phash) == 16 and set(phash) <= _HEX):
         problems.append("phash: must be 16 hex chars (64-bit imagehash.phash)")

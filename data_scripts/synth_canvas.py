@@ -15,15 +15,73 @@ COLORS = {
     "purple": (130, 60, 170),
     "gray": (120, 120, 120),
 }
-VENDORS = ["Acme Corp", "Globex", "Initech", "Umbrella Ltd", "Stark Supply", "Wayne Foods", "Hooli", "Soylent Co",
-           "Vandelay Imports", "Pied Piper", "Cyberdyne", "Tyrell Corp", "Oceanic Air", "Wonka Sweets"]
-ITEMS = ["Paper", "Stapler", "Printer ink", "Coffee", "Desk lamp", "Monitor", "Keyboard", "Mouse", "Cables",
-         "Notebook", "Pens", "Chair", "Headset", "Webcam", "Folders", "Tape", "Water", "Sandwich", "Bagel", "Tea"]
-PEOPLE = ["Alice Moore", "Bob Chen", "Carla Diaz", "David Kim", "Emma Stone", "Farid Khan", "Grace Lee",
-          "Hugo Weber", "Ines Silva", "Jonas Berg", "Kara Novak", "Liam Walsh", "Mia Rossi", "Noah Patel"]
+VENDORS = [
+    "Acme Corp",
+    "Globex",
+    "Initech",
+    "Umbrella Ltd",
+    "Stark Supply",
+    "Wayne Foods",
+    "Hooli",
+    "Soylent Co",
+    "Vandelay Imports",
+    "Pied Piper",
+    "Cyberdyne",
+    "Tyrell Corp",
+    "Oceanic Air",
+    "Wonka Sweets",
+]
+ITEMS = [
+    "Paper",
+    "Stapler",
+    "Printer ink",
+    "Coffee",
+    "Desk lamp",
+    "Monitor",
+    "Keyboard",
+    "Mouse",
+    "Cables",
+    "Notebook",
+    "Pens",
+    "Chair",
+    "Headset",
+    "Webcam",
+    "Folders",
+    "Tape",
+    "Water",
+    "Sandwich",
+    "Bagel",
+    "Tea",
+]
+PEOPLE = [
+    "Alice Moore",
+    "Bob Chen",
+    "Carla Diaz",
+    "David Kim",
+    "Emma Stone",
+    "Farid Khan",
+    "Grace Lee",
+    "Hugo Weber",
+    "Ines Silva",
+    "Jonas Berg",
+    "Kara Novak",
+    "Liam Walsh",
+    "Mia Rossi",
+    "Noah Patel",
+]
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-SUBJECTS = ["Budget review", "Office move", "New hires", "Quarterly report", "Holiday schedule", "IT upgrade",
-            "Safety training", "Client visit", "Parking rules", "Team lunch"]
+SUBJECTS = [
+    "Budget review",
+    "Office move",
+    "New hires",
+    "Quarterly report",
+    "Holiday schedule",
+    "IT upgrade",
+    "Safety training",
+    "Client visit",
+    "Parking rules",
+    "Team lunch",
+]
 
 
 @functools.cache

@@ -16,35 +16,48 @@ FORM_FIELDS = {
     "Member ID": lambda r: f"M-{r.randint(10000, 99999)}",
     "Country": lambda r: r.choice(["Canada", "France", "Japan", "Kenya", "Chile", "India", "Norway"]),
 }
-TABLE_COLUMNS = {"Qty": lambda r: str(r.randint(1, 40)), "Price": lambda r: money(r.randint(100, 9999) / 100),
-                 "Stock": lambda r: r.choice(["In stock", "Low", "Out"]), "Code": lambda r: f"C{r.randint(100, 999)}"}
+TABLE_COLUMNS = {
+    "Qty": lambda r: str(r.randint(1, 40)),
+    "Price": lambda r: money(r.randint(100, 9999) / 100),
+    "Stock": lambda r: r.choice(["In stock", "Low", "Out"]),
+    "Code": lambda r: f"C{r.randint(100, 999)}",
+}
 
 
 def _line_items(rng, n):
     names = rng.sample(ITEMS, n)
-    return [{"item": name, "qty": str(rng.randint(1, 9)), "price": money(rng.randint(150, 20000) / 100)}
-            for name in names]
+    return [
+        {"item": name, "qty": str(rng.randint(1, 9)), "price": money(rng.randint(150, 20000) / 100)} for name in names
+    ]
 
 
 def render_invoice(rng: random.Random):
     c = Canvas(rng.choice([384, 400, 416]), 512)
     color = pick_color(rng)
     items = _line_items(rng, rng.randint(1, 6))
-    f = {"vendor": rng.choice(VENDORS), "invoice_number": f"INV-{rng.randint(1000, 99999)}", "date": date_str(rng),
-         "due_date": date_str(rng) if rng.random() < 0.5 else None,
-         "po_number": f"PO-{rng.randint(100, 9999)}" if rng.random() < 0.5 else None,
-         "line_items": items, "header_color": color}
+    f = {
+        "vendor": rng.choice(VENDORS),
+        "invoice_number": f"INV-{rng.randint(1000, 99999)}",
+        "date": date_str(rng),
+        "due_date": date_str(rng) if rng.random() < 0.5 else None,
+        "po_number": f"PO-{rng.randint(100, 9999)}" if rng.random() < 0.5 else None,
+        "line_items": items,
+        "header_color": color,
+    }
     subtotal = sum(float(i["price"][1:].replace(",", "")) * int(i["qty"]) for i in items)
     tax = round(subtotal * 0.08, 2) if rng.random() < 0.5 else None
-    f.update(subtotal=money(subtotal), tax=money(tax) if tax is not None else None,
-             total=money(subtotal + (tax or 0)))
+    f.update(subtotal=money(subtotal), tax=money(tax) if tax is not None else None, total=money(subtotal + (tax or 0)))
     x, size, hh = rng.randint(20, 36), rng.choice([13, 14, 15]), rng.randint(50, 70)
     c.rect((0, 0, c.size[0], hh), fill=COLORS[color])
     c.text((x, hh / 2), f["vendor"], size=20, fill=(255, 255, 255), anchor="lm")
     c.text((c.size[0] - x, hh / 2), "INVOICE", size=16, fill=(255, 255, 255), anchor="rm")
     y = hh + rng.randint(14, 26)
-    for label, key in (("Invoice No", "invoice_number"), ("Date", "date"), ("Due date", "due_date"),
-                       ("PO number", "po_number")):
+    for label, key in (
+        ("Invoice No", "invoice_number"),
+        ("Date", "date"),
+        ("Due date", "due_date"),
+        ("PO number", "po_number"),
+    ):
         if f[key]:
             c.text((x, y), f"{label}: {f[key]}", size=size)
             y += size + 8
@@ -77,8 +90,11 @@ def render_invoice(rng: random.Random):
     ]
     it = rng.choice(items)
     qa.append(("key_value", f"What is the quantity of {it['item']}?", it["qty"], f"line_items.{items.index(it)}.qty"))
-    for q, key in (("What is the due date?", "due_date"), ("What is the PO number?", "po_number"),
-                   ("What is the tax amount?", "tax")):
+    for q, key in (
+        ("What is the due date?", "due_date"),
+        ("What is the PO number?", "po_number"),
+        ("What is the tax amount?", "tax"),
+    ):
         qa.append(("extraction" if f[key] else "unanswerable", q, f[key], key))
     return c, f, qa
 
@@ -89,10 +105,14 @@ def render_receipt(rng: random.Random):
     left, right = (c.size[0] - w) // 2, (c.size[0] + w) // 2
     c.rect((left, 10, right, 502), fill=(255, 255, 252))
     items = _line_items(rng, rng.randint(1, 6))
-    f = {"store": rng.choice(VENDORS), "date": date_str(rng),
-         "time": f"{rng.randint(7, 21):02d}:{rng.randint(0, 59):02d}" if rng.random() < 0.5 else None,
-         "line_items": items, "payment": rng.choice(["Card", "Cash", None]),
-         "tip": money(rng.randint(100, 900) / 100) if rng.random() < 0.4 else None}
+    f = {
+        "store": rng.choice(VENDORS),
+        "date": date_str(rng),
+        "time": f"{rng.randint(7, 21):02d}:{rng.randint(0, 59):02d}" if rng.random() < 0.5 else None,
+        "line_items": items,
+        "payment": rng.choice(["Card", "Cash", None]),
+        "tip": money(rng.randint(100, 900) / 100) if rng.random() < 0.4 else None,
+    }
     total = sum(float(i["price"][1:].replace(",", "")) for i in items) + (float(f["tip"][1:]) if f["tip"] else 0)
     f["total"] = money(total)
     mid, y, size = c.size[0] / 2, rng.randint(24, 40), rng.choice([12, 13, 14])
@@ -123,8 +143,11 @@ def render_receipt(rng: random.Random):
     ]
     it = rng.choice(items)
     qa.append(("key_value", f"What is the price of {it['item']}?", it["price"], f"line_items.{items.index(it)}.price"))
-    for q, key in (("What is the tip amount?", "tip"), ("At what time was the purchase made?", "time"),
-                   ("How was the purchase paid?", "payment")):
+    for q, key in (
+        ("What is the tip amount?", "tip"),
+        ("At what time was the purchase made?", "time"),
+        ("How was the purchase paid?", "payment"),
+    ):
         qa.append(("extraction" if f[key] else "unanswerable", q, f[key], key))
     return c, f, qa
 
@@ -133,8 +156,12 @@ def render_form(rng: random.Random):
     c = Canvas(rng.choice([384, 416]), 512, background=rng.choice([(255, 255, 255), (250, 248, 240)]))
     labels = rng.sample(sorted(FORM_FIELDS), rng.randint(3, 6))
     color = pick_color(rng)
-    f = {"title": rng.choice(["Registration Form", "Application Form", "Member Details", "Contact Form"]),
-         "fields": {k: FORM_FIELDS[k](rng) for k in labels}, "newsletter": rng.random() < 0.5, "accent_color": color}
+    f = {
+        "title": rng.choice(["Registration Form", "Application Form", "Member Details", "Contact Form"]),
+        "fields": {k: FORM_FIELDS[k](rng) for k in labels},
+        "newsletter": rng.random() < 0.5,
+        "accent_color": color,
+    }
     x, y, size = rng.randint(24, 40), rng.randint(24, 40), rng.choice([13, 14, 15])
     c.text((x, y), f["title"], size=22)
     y += 34
@@ -165,8 +192,12 @@ def render_table(rng: random.Random):
     names = rng.sample(ITEMS, rng.randint(2, 6))
     rows = [{"Item": n, **{k: TABLE_COLUMNS[k](rng) for k in cols[1:]}} for n in names]
     color = pick_color(rng)
-    f = {"title": rng.choice(["Inventory", "Price list", "Stock report", "Order summary"]), "columns": cols,
-         "rows": rows, "header_color": color}
+    f = {
+        "title": rng.choice(["Inventory", "Price list", "Stock report", "Order summary"]),
+        "columns": cols,
+        "rows": rows,
+        "header_color": color,
+    }
     x, y, size = rng.randint(20, 36), rng.randint(20, 36), rng.choice([13, 14, 15])
     c.text((x, y), f["title"], size=22)
     y += 40
@@ -197,16 +228,23 @@ def render_table(rng: random.Random):
         qa.append(("yes_no", f"Is {missing_item} listed in the table?", "no", f"rows.{missing_item}"))
     absent_col = [k for k in TABLE_COLUMNS if k not in cols]
     if absent_col:
-        qa.append(("unanswerable", f"What is the {absent_col[0]} of {rows[i]['Item']}?", None,
-                   f"rows.{i}.{absent_col[0]}"))
+        qa.append(
+            ("unanswerable", f"What is the {absent_col[0]} of {rows[i]['Item']}?", None, f"rows.{i}.{absent_col[0]}")
+        )
     return c, f, qa
 
 
 def render_memo(rng: random.Random):
     c = Canvas(rng.choice([384, 400, 416]), 512, background=rng.choice([(255, 255, 255), (252, 250, 242)]))
     to, sender, cc = rng.sample(PEOPLE, 3)
-    f = {"to": to, "from": sender, "cc": cc if rng.random() < 0.5 else None, "date": date_str(rng),
-         "subject": rng.choice(SUBJECTS), "body_lines": rng.randint(3, 9)}
+    f = {
+        "to": to,
+        "from": sender,
+        "cc": cc if rng.random() < 0.5 else None,
+        "date": date_str(rng),
+        "subject": rng.choice(SUBJECTS),
+        "body_lines": rng.randint(3, 9),
+    }
     x, y, size = rng.randint(24, 40), rng.randint(24, 40), rng.choice([13, 14, 15])
     c.text((x, y), "MEMO", size=30)
     y += 50

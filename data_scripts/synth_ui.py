@@ -7,13 +7,34 @@ from data_scripts.synth_canvas import COLORS, ITEMS, VENDORS, Canvas, pick_color
 
 APPS = ["Notely", "PixelBox", "Trackr", "CloudDesk", "Budgetly", "Chatter", "FitLog", "MapMate"]
 SETTINGS = ["Wi-Fi", "Bluetooth", "Dark mode", "Notifications", "Location", "Auto update", "Sync", "Airplane mode"]
-BUTTON_SETS = [["Cancel", "OK"], ["Back", "Next"], ["Cancel", "Save"], ["Cancel", "Delete"], ["Close"], ["OK"],
-               ["Later", "Update"], ["No", "Yes"], ["Cancel", "Retry", "Help"], ["Skip", "Apply"]]
-DIALOG_TITLES = ["Save changes?", "Delete file?", "Update available", "Connection lost", "Confirm order",
-                 "Unsaved work", "Sign out?"]
+BUTTON_SETS = [
+    ["Cancel", "OK"],
+    ["Back", "Next"],
+    ["Cancel", "Save"],
+    ["Cancel", "Delete"],
+    ["Close"],
+    ["OK"],
+    ["Later", "Update"],
+    ["No", "Yes"],
+    ["Cancel", "Retry", "Help"],
+    ["Skip", "Apply"],
+]
+DIALOG_TITLES = [
+    "Save changes?",
+    "Delete file?",
+    "Update available",
+    "Connection lost",
+    "Confirm order",
+    "Unsaved work",
+    "Sign out?",
+]
 LEVELS = {"info": "blue", "success": "green", "warning": "orange", "error": "red"}
-NOTIFY_TITLES = {"info": ["New message", "Meeting soon"], "success": ["Upload complete", "Payment sent"],
-                 "warning": ["Low battery", "Storage almost full"], "error": ["Sync failed", "Payment declined"]}
+NOTIFY_TITLES = {
+    "info": ["New message", "Meeting soon"],
+    "success": ["Upload complete", "Payment sent"],
+    "warning": ["Low battery", "Storage almost full"],
+    "error": ["Sync failed", "Payment declined"],
+}
 
 
 def _screen(rng):
@@ -23,10 +44,14 @@ def _screen(rng):
 def render_login(rng: random.Random):
     c = _screen(rng)
     color = pick_color(rng, exclude=("gray",))
-    f = {"app": rng.choice(APPS), "button_label": rng.choice(["Sign in", "Log in"]), "button_color": color,
-         "remember_me": rng.random() < 0.5,
-         "error": rng.choice(["Wrong password", "Account locked", "Try again later"]) if rng.random() < 0.4 else None,
-         "username": rng.choice(["alice", "bob.c", "carla_d", "dkim", "emma.s"]) if rng.random() < 0.6 else None}
+    f = {
+        "app": rng.choice(APPS),
+        "button_label": rng.choice(["Sign in", "Log in"]),
+        "button_color": color,
+        "remember_me": rng.random() < 0.5,
+        "error": rng.choice(["Wrong password", "Account locked", "Try again later"]) if rng.random() < 0.4 else None,
+        "username": rng.choice(["alice", "bob.c", "carla_d", "dkim", "emma.s"]) if rng.random() < 0.6 else None,
+    }
     w, x0 = c.size[0], rng.randint(110, 150)
     y = rng.randint(24, 44)
     c.text((w / 2, y), f["app"], size=26, anchor="ma")
@@ -87,9 +112,13 @@ def render_dialog(rng: random.Random):
     c = Canvas(512, rng.choice([352, 384]), background=(90, 95, 105))  # dimmed app behind a modal
     buttons = rng.choice(BUTTON_SETS)
     color = pick_color(rng, exclude=("gray",))
-    f = {"title": rng.choice(DIALOG_TITLES), "buttons": buttons, "primary_color": color,
-         "bottom_right_button": buttons[-1],
-         "error_code": f"E-{rng.randint(100, 999)}" if rng.random() < 0.4 else None}
+    f = {
+        "title": rng.choice(DIALOG_TITLES),
+        "buttons": buttons,
+        "primary_color": color,
+        "bottom_right_button": buttons[-1],
+        "error_code": f"E-{rng.randint(100, 999)}" if rng.random() < 0.4 else None,
+    }
     w, h = c.size
     left, top = rng.randint(50, 90), rng.randint(50, 80)
     right, bottom = w - left, h - top
@@ -109,8 +138,12 @@ def render_dialog(rng: random.Random):
         ("layout", f"What colour is the {buttons[-1]} button?", color, "primary_color"),
         ("counting", "How many buttons are in the dialog?", str(len(buttons)), "buttons"),
         ("extraction", "What is the title of the dialog?", f["title"], "title"),
-        ("extraction" if f["error_code"] else "unanswerable", "What is the error code?", f["error_code"],
-         "error_code"),
+        (
+            "extraction" if f["error_code"] else "unanswerable",
+            "What is the error code?",
+            f["error_code"],
+            "error_code",
+        ),
         ("unanswerable", "What username is entered?", None, "username"),
     ]
     return c, f, qa
@@ -121,9 +154,15 @@ def render_menu(rng: random.Random):
     items = rng.sample(ITEMS + ["Home", "Profile", "Messages", "Help", "Orders"], rng.randint(3, 6))
     sel = rng.randrange(len(items))
     color = pick_color(rng, exclude=("gray",))
-    f = {"title": rng.choice(VENDORS), "items": items, "selected": items[sel], "highlight_color": color,
-         "first_item": items[0], "last_item": items[-1],
-         "version": f"{rng.randint(1, 9)}.{rng.randint(0, 20)}" if rng.random() < 0.4 else None}
+    f = {
+        "title": rng.choice(VENDORS),
+        "items": items,
+        "selected": items[sel],
+        "highlight_color": color,
+        "first_item": items[0],
+        "last_item": items[-1],
+        "version": f"{rng.randint(1, 9)}.{rng.randint(0, 20)}" if rng.random() < 0.4 else None,
+    }
     x, y, w = rng.randint(30, 80), rng.randint(14, 26), c.size[0]
     c.text((x, y), f["title"], size=22)
     y += 40
@@ -150,10 +189,15 @@ def render_menu(rng: random.Random):
 def render_notification(rng: random.Random):
     c = _screen(rng)
     level = rng.choice(sorted(LEVELS))
-    f = {"level": level, "icon_color": LEVELS[level], "title": rng.choice(NOTIFY_TITLES[level]),
-         "app": rng.choice(APPS), "is_error": level == "error",
-         "time": f"{rng.randint(7, 21):02d}:{rng.randint(0, 59):02d}" if rng.random() < 0.5 else None,
-         "action": rng.choice(["View", "Open", "Dismiss", "Retry"]) if rng.random() < 0.5 else None}
+    f = {
+        "level": level,
+        "icon_color": LEVELS[level],
+        "title": rng.choice(NOTIFY_TITLES[level]),
+        "app": rng.choice(APPS),
+        "is_error": level == "error",
+        "time": f"{rng.randint(7, 21):02d}:{rng.randint(0, 59):02d}" if rng.random() < 0.5 else None,
+        "action": rng.choice(["View", "Open", "Dismiss", "Retry"]) if rng.random() < 0.5 else None,
+    }
     w, h = c.size
     left, top = rng.randint(30, 70), rng.randint(60, 120)
     right, bottom = w - left, top + 130
@@ -170,8 +214,12 @@ def render_notification(rng: random.Random):
         ("yes_no", "Is this an error notification?", "yes" if f["is_error"] else "no", "is_error"),
         ("extraction", "What is the notification title?", f["title"], "title"),
         ("extraction", "Which app sent the notification?", f["app"], "app"),
-        ("extraction" if f["time"] else "unanswerable", "At what time was the notification received?", f["time"],
-         "time"),
+        (
+            "extraction" if f["time"] else "unanswerable",
+            "At what time was the notification received?",
+            f["time"],
+            "time",
+        ),
         ("extraction" if f["action"] else "unanswerable", "What does the action button say?", f["action"], "action"),
         ("unanswerable", "What version is shown?", None, "version"),
     ]

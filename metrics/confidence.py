@@ -63,8 +63,14 @@ def threshold_candidates(confidences: list[float]) -> list[float]:
     return sorted(set(candidates))
 
 
-def fit_abstain_threshold(answers: list[str], confidences: list[float], answerable: list[bool], scores: list[float],
-                          cost: float = 1.0, abstain_answer: str = ABSTAIN_ANSWER) -> tuple[float, float]:
+def fit_abstain_threshold(
+    answers: list[str],
+    confidences: list[float],
+    answerable: list[bool],
+    scores: list[float],
+    cost: float = 1.0,
+    abstain_answer: str = ABSTAIN_ANSWER,
+) -> tuple[float, float]:
     """(threshold, mean reward) maximising the mean `abstention_reward` over a held-out split; ties -> the lowest
     threshold (abstain least). `scores` are the raw answers' scores against the golds, in [0, 1].
 

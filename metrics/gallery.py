@@ -82,14 +82,23 @@ dt{font-weight:bold;float:left;clear:left;width:6.5em}dd{margin-left:7em}"""
 
 
 def _case_html(record: dict, image_uri: str | None) -> str:
-    rows = [("id", record["id"]), ("question", record["question"]), ("gold", " | ".join(record["golds"])),
-            ("prediction", record["final_answer"]), ("raw answer", record["answer"]),
-            ("confidence", f"{record['confidence']:.4f}"), ("score", f"{record['final_score']:.3f}"),
-            ("type", record["question_type"]), ("tag", record["error_tag"])]
+    rows = [
+        ("id", record["id"]),
+        ("question", record["question"]),
+        ("gold", " | ".join(record["golds"])),
+        ("prediction", record["final_answer"]),
+        ("raw answer", record["answer"]),
+        ("confidence", f"{record['confidence']:.4f}"),
+        ("score", f"{record['final_score']:.3f}"),
+        ("type", record["question_type"]),
+        ("tag", record["error_tag"]),
+    ]
     image = f'<img alt="{html.escape(record["id"])}" src="{image_uri}">' if image_uri else ""
     fields = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in rows)
-    return f'<div class="case" data-id="{html.escape(record["id"])}" data-tag="{record["error_tag"]}">{image}' \
-           f"<dl>{fields}</dl></div>"
+    return (
+        f'<div class="case" data-id="{html.escape(record["id"])}" data-tag="{record["error_tag"]}">{image}'
+        f"<dl>{fields}</dl></div>"
+    )
 
 
 def render_gallery(selected: list[dict], images: dict, failure_counts: Counter, title: str) -> str:
@@ -101,16 +110,20 @@ def render_gallery(selected: list[dict], images: dict, failure_counts: Counter, 
     summary = "".join(
         f"<tr><td>{tag}</td><td>{html.escape(ERROR_TAGS[tag])}</td><td class='all'>{failure_counts.get(tag, 0)}</td>"
         f"<td class='shown'>{shown.get(tag, 0)}</td></tr>"
-        for tag in ERROR_TAGS if failure_counts.get(tag, 0) or shown.get(tag, 0)
+        for tag in ERROR_TAGS
+        if failure_counts.get(tag, 0) or shown.get(tag, 0)
     )
     sections = []
     for tag in ERROR_TAGS:
         cases = [r for r in selected if r["error_tag"] == tag]
         if cases:
-            body = "".join(_case_html(r, thumbnail_data_uri(images[r["id"]]) if r["id"] in images else None)
-                           for r in cases)
-            sections.append(f'<section class="tag-group" id="tag-{tag}" data-tag="{tag}" data-count="{len(cases)}">'
-                            f"<h2>{tag} ({len(cases)})</h2><div class='cases'>{body}</div></section>")
+            body = "".join(
+                _case_html(r, thumbnail_data_uri(images[r["id"]]) if r["id"] in images else None) for r in cases
+            )
+            sections.append(
+                f'<section class="tag-group" id="tag-{tag}" data-tag="{tag}" data-count="{len(cases)}">'
+                f"<h2>{tag} ({len(cases)})</h2><div class='cases'>{body}</div></section>"
+            )
     total = sum(failure_counts.values())
     return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -135,8 +148,9 @@ def plot_risk_coverage(confidences: list[float], scores: list[float], threshold:
     ax.plot(coverages, risks, marker=".", label=f"risk-coverage (AUC {auc:.3f})")
     answered = sum(c >= threshold for c in confidences) / len(confidences)
     ax.axvline(answered, linestyle="--", color="grey", label=f"threshold {threshold:.3f}: coverage {answered:.2f}")
-    ax.set(xlabel="coverage (share answered)", ylabel="risk (1 - mean score)", xlim=(0, 1), ylim=(0, 1.02),
-           title=title)
+    ax.set(
+        xlabel="coverage (share answered)", ylabel="risk (1 - mean score)", xlim=(0, 1), ylim=(0, 1.02), title=title
+    )
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)

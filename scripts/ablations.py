@@ -35,27 +35,51 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The explicit ablation budget: the smoke run's data (n=2000) and stage-1 schedule (4 epochs), stage 2 at half the
 # smoke's 8 epochs, so 7 arms x 3 seeds fit ~35 min on 2 quiet cores (smoke: 91 train samples/s). A first budget of
 # n=600 and one epoch per stage learned nothing (every arm abstained on every question), see the notes.
-BUDGET = {"n": 2000, "stage1_epochs": 4, "stage2_epochs": 4, "max_steps": None, "eval_max_samples": None,
-          "eval_batch_size": 32}
-QUICK = {"n": 200, "stage1_epochs": 1, "stage2_epochs": 1, "max_steps": 2, "eval_max_samples": 4, "eval_batch_size": 4,
-         "eval_max_new_tokens": 4}
+BUDGET = {
+    "n": 2000,
+    "stage1_epochs": 4,
+    "stage2_epochs": 4,
+    "max_steps": None,
+    "eval_max_samples": None,
+    "eval_batch_size": 32,
+}
+QUICK = {
+    "n": 200,
+    "stage1_epochs": 1,
+    "stage2_epochs": 1,
+    "max_steps": 2,
+    "eval_max_samples": 4,
+    "eval_batch_size": 4,
+    "eval_max_new_tokens": 4,
+}
 # Stage-1 arms build their projector / layout from the backbones; stage-2 arms start from `init` of the same seed.
 # The tiny LLM has 2 blocks: top-1 unfreezes the last one (LoRA then sits on the first only).
 ARMS = {
     "s1_mlp": {"stage": 1, "flags": {"projector_type": "mlp2x_gelu", "image_position": "user_turn"}},
-    "s1_perceiver": {"stage": 1, "flags": {"projector_type": "perceiver", "perceiver_num_latents": 16,
-                                           "image_position": "user_turn"}},
-    "s1_pixel_shuffle": {"stage": 1, "flags": {"projector_type": "pixel_shuffle_mlp", "pixel_shuffle_factor": 2,
-                                               "image_position": "user_turn"}},
+    "s1_perceiver": {
+        "stage": 1,
+        "flags": {"projector_type": "perceiver", "perceiver_num_latents": 16, "image_position": "user_turn"},
+    },
+    "s1_pixel_shuffle": {
+        "stage": 1,
+        "flags": {"projector_type": "pixel_shuffle_mlp", "pixel_shuffle_factor": 2, "image_position": "user_turn"},
+    },
     "s1_prefix": {"stage": 1, "flags": {"projector_type": "mlp2x_gelu", "image_position": "prefix"}},
     "s2_lora_r8": {"stage": 2, "init": "s1_mlp", "flags": {"lora_r": 8, "lora_alpha": 16, "llm_top_k_blocks": 0}},
     "s2_lora_r16": {"stage": 2, "init": "s1_mlp", "flags": {"lora_r": 16, "lora_alpha": 32, "llm_top_k_blocks": 0}},
-    "s2_lora_r16_top1": {"stage": 2, "init": "s1_mlp",
-                         "flags": {"lora_r": 16, "lora_alpha": 32, "llm_top_k_blocks": 1}},
+    "s2_lora_r16_top1": {
+        "stage": 2,
+        "init": "s1_mlp",
+        "flags": {"lora_r": 16, "lora_alpha": 32, "llm_top_k_blocks": 1},
+    },
 }
 COMPARISONS = {
-    "baseline": ("s1_mlp", "s2_lora_r16_top1", "stage 1 (projector warm-up) vs stage 2 (+ LoRA r16 + top-1 block, "
-                 "from that stage 1): the plan's measurable improvement"),
+    "baseline": (
+        "s1_mlp",
+        "s2_lora_r16_top1",
+        "stage 1 (projector warm-up) vs stage 2 (+ LoRA r16 + top-1 block, "
+        "from that stage 1): the plan's measurable improvement",
+    ),
     "projector_perceiver": ("s1_mlp", "s1_perceiver", "projector: mlp2x_gelu vs perceiver (16 latents)"),
     "projector_pixel_shuffle": ("s1_mlp", "s1_pixel_shuffle", "projector: mlp2x_gelu vs pixel_shuffle_mlp (r=2)"),
     "lora_rank": ("s2_lora_r8", "s2_lora_r16", "LoRA rank 8 vs 16 (LoRA only, alpha = 2r)"),
@@ -64,8 +88,14 @@ COMPARISONS = {
 }
 DEFAULT_ARMS = list(ARMS)
 # model_abstain_f1: the model's own abstentions (no threshold); abstain_f1 includes the threshold fitted on validation
-METRICS = ("exact_match", "model_abstain_f1", "abstain_f1", "hallucination_rate", "final_loss",
-           "train_samples_per_second")
+METRICS = (
+    "exact_match",
+    "model_abstain_f1",
+    "abstain_f1",
+    "hallucination_rate",
+    "final_loss",
+    "train_samples_per_second",
+)
 SUMMARY_FIELDS = (*METRICS, "auc", "first_loss", "eval_samples_per_second", "num_image_tokens", "seconds")
 ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DISABLE_MLFLOW_INTEGRATION": "TRUE"}
 
@@ -115,9 +145,23 @@ def compare(name: str, question: str, arm_a: str, arm_b: str, per_seed_a: dict, 
         verdict = f"real: {arm_b} {'higher' if diff > 0 else 'lower'}"
     else:
         verdict = "within seed noise"
-    return {"name": name, "question": question, "a": arm_a, "b": arm_b, "metric": metric, "n_a": len(a), "n_b": len(b),
-            "mean_a": mean(a), "mean_b": mean(b), "std_a": std(a), "std_b": std(b), "diff": diff, "p_value": p,
-            "ci95": ci, "verdict": verdict}
+    return {
+        "name": name,
+        "question": question,
+        "a": arm_a,
+        "b": arm_b,
+        "metric": metric,
+        "n_a": len(a),
+        "n_b": len(b),
+        "mean_a": mean(a),
+        "mean_b": mean(b),
+        "std_a": std(a),
+        "std_b": std(b),
+        "diff": diff,
+        "p_value": p,
+        "ci95": ci,
+        "verdict": verdict,
+    }
 
 
 def is_number(x) -> bool:
@@ -143,8 +187,11 @@ def prepare_inputs(out: str, budget: dict, backbones: str | None, data: str | No
     os.makedirs(os.path.join(out, "recipes"), exist_ok=True)
     for name, given, cmd in (
         ("backbones", backbones, ["-m", "data_scripts.make_tiny_backbones", "--out"]),
-        ("data/synthetic", data, ["-m", "data_scripts.make_synthetic", "--n", str(budget["n"]), "--seed", "0",
-                                  "--num_proc", "1", "--out"]),
+        (
+            "data/synthetic",
+            data,
+            ["-m", "data_scripts.make_synthetic", "--n", str(budget["n"]), "--seed", "0", "--num_proc", "1", "--out"],
+        ),
     ):
         path = os.path.join(out, name)
         if given and not os.path.exists(path):
@@ -167,8 +214,14 @@ def load_fingerprint(out: str) -> str:
 
 def train_flags(arm: dict, seed: int, budget: dict, out: str) -> list[str]:
     # No checkpoints and no tracker: the run's train_results.json + eval are what the ablation reads.
-    flags = {**arm["flags"], "seed": seed, "data_seed": seed, "save_strategy": "no", "report_to": "none",
-             "num_train_epochs": budget[f"stage{arm['stage']}_epochs"]}
+    flags = {
+        **arm["flags"],
+        "seed": seed,
+        "data_seed": seed,
+        "save_strategy": "no",
+        "report_to": "none",
+        "num_train_epochs": budget[f"stage{arm['stage']}_epochs"],
+    }
     if budget["max_steps"]:
         flags.update(max_steps=budget["max_steps"], logging_steps=1)
     if arm["stage"] == 2:
@@ -191,22 +244,44 @@ def run_arm_seed(name: str, seed: int, budget: dict, out: str) -> dict:
     os.makedirs(run_dir)
     log = os.path.join(run_dir, "log.txt")
     recipe = os.path.join(out, "recipes", f"stage{arm['stage']}.yaml")
-    train_s = run_logged([sys.executable, "run_sft.py", recipe, "--output_dir", run_dir,
-                          *train_flags(arm, seed, budget, out)], log)
+    train_s = run_logged(
+        [sys.executable, "run_sft.py", recipe, "--output_dir", run_dir, *train_flags(arm, seed, budget, out)], log
+    )
     model_dir = os.path.join(run_dir, "merged") if arm["stage"] == 2 else run_dir
     eval_dir = os.path.join(run_dir, "eval")
     data = os.path.join(out, "data", "synthetic")
-    eval_cmd = [sys.executable, "run_eval.py", "--model", model_dir, "--dataset", data, "--split", "test",
-                "--threshold_split", "validation", "--output_dir", eval_dir,
-                "--batch_size", str(budget["eval_batch_size"]), "--gallery_size", "8"]
+    eval_cmd = [
+        sys.executable,
+        "run_eval.py",
+        "--model",
+        model_dir,
+        "--dataset",
+        data,
+        "--split",
+        "test",
+        "--threshold_split",
+        "validation",
+        "--output_dir",
+        eval_dir,
+        "--batch_size",
+        str(budget["eval_batch_size"]),
+        "--gallery_size",
+        "8",
+    ]
     if budget["eval_max_samples"]:
         eval_cmd += ["--max_samples", str(budget["eval_max_samples"])]
     if budget.get("eval_max_new_tokens"):
         eval_cmd += ["--max_new_tokens", str(budget["eval_max_new_tokens"])]
     eval_s = run_logged(eval_cmd, log)
-    record = {"budget": budget, "flags": arm["flags"], "seed": seed,
-              **read_run(run_dir, eval_dir, model_dir), "train_seconds": train_s, "eval_seconds": eval_s,
-              "seconds": train_s + eval_s}
+    record = {
+        "budget": budget,
+        "flags": arm["flags"],
+        "seed": seed,
+        **read_run(run_dir, eval_dir, model_dir),
+        "train_seconds": train_s,
+        "eval_seconds": eval_s,
+        "seconds": train_s + eval_s,
+    }
     with open(record_path, "w") as f:
         json.dump(record, f, indent=2)
     return record
@@ -220,15 +295,24 @@ def read_run(run_dir: str, eval_dir: str, model_dir: str) -> dict:
     with open(os.path.join(eval_dir, "eval_results.json")) as f:
         ev = json.load(f)
     m = ev["metrics"]
-    return {"exact_match": m.get("exact_match"), "abstain_f1": m.get("abstain_f1"),
-            "model_abstain_f1": m.get("model_abstain_f1"),
-            "model_hallucination_rate": m.get("model_hallucination_rate"),
-            "hallucination_rate": m.get("hallucination_rate"), "auc": m.get("auc"),
-            "first_loss": finite(train["first_loss"]), "final_loss": finite(train["last_loss"]),
-            "losses": train["losses"], "train_samples_per_second": train["train_samples_per_second"],
-            "eval_samples_per_second": ev["samples_per_second"], "global_step": train["global_step"],
-            "train_rows": train["train_rows"], "failure_tags": ev.get("failure_tags"), "counts": ev.get("counts"),
-            "num_image_tokens": MiniLlavaConfig.from_pretrained(model_dir).num_image_tokens}
+    return {
+        "exact_match": m.get("exact_match"),
+        "abstain_f1": m.get("abstain_f1"),
+        "model_abstain_f1": m.get("model_abstain_f1"),
+        "model_hallucination_rate": m.get("model_hallucination_rate"),
+        "hallucination_rate": m.get("hallucination_rate"),
+        "auc": m.get("auc"),
+        "first_loss": finite(train["first_loss"]),
+        "final_loss": finite(train["last_loss"]),
+        "losses": train["losses"],
+        "train_samples_per_second": train["train_samples_per_second"],
+        "eval_samples_per_second": ev["samples_per_second"],
+        "global_step": train["global_step"],
+        "train_rows": train["train_rows"],
+        "failure_tags": ev.get("failure_tags"),
+        "counts": ev.get("counts"),
+        "num_image_tokens": MiniLlavaConfig.from_pretrained(model_dir).num_image_tokens,
+    }
 
 
 def finite(x):
@@ -242,8 +326,14 @@ def summarize_arm(name: str, seeds: dict, errors: dict) -> dict:
         values = [r[field] for r in seeds.values() if is_number(r.get(field))]
         mean[field] = float(np.mean(values)) if values else None
         std[field] = float(np.std(values, ddof=1)) if len(values) >= 2 else None
-    return {**keep, "seeds": {str(s): r for s, r in sorted(seeds.items())}, "n_seeds": len(seeds), "mean": mean,
-            "std": std, "errors": {str(s): e for s, e in errors.items()}}
+    return {
+        **keep,
+        "seeds": {str(s): r for s, r in sorted(seeds.items())},
+        "n_seeds": len(seeds),
+        "mean": mean,
+        "std": std,
+        "errors": {str(s): e for s, e in errors.items()},
+    }
 
 
 def build_comparisons(arms: dict) -> list[dict]:
@@ -264,9 +354,15 @@ def machine_info() -> dict:
         cpu = ""
     import torch
 
-    return {"cpu_model": cpu or platform.processor(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "gpu": None,
-            "note": "CPU only; the cores are shared with other jobs, so seconds and samples/s are noisy"}
+    return {
+        "cpu_model": cpu or platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": None,
+        "note": "CPU only; the cores are shared with other jobs, so seconds and samples/s are noisy",
+    }
 
 
 def git_commit() -> str | None:
@@ -287,8 +383,9 @@ def select_arms(only: list[str] | None) -> list[str]:
         elif item in COMPARISONS:
             names += list(COMPARISONS[item][:2])
         else:
-            raise SystemExit(f"--only {item!r}: not an arm ({', '.join(ARMS)}) nor a comparison "
-                             f"({', '.join(COMPARISONS)}).")
+            raise SystemExit(
+                f"--only {item!r}: not an arm ({', '.join(ARMS)}) nor a comparison ({', '.join(COMPARISONS)})."
+            )
     return list(dict.fromkeys(names))
 
 
@@ -300,16 +397,25 @@ def plot(results: dict, out: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms, names = results["arms"], [n for n, (a, b, _) in COMPARISONS.items() if a in results["arms"]
-                                    and b in results["arms"]]
+    arms, names = (
+        results["arms"],
+        [n for n, (a, b, _) in COMPARISONS.items() if a in results["arms"] and b in results["arms"]],
+    )
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
         a, b, _ = COMPARISONS[name]
         for i, metric in enumerate(("exact_match", "model_abstain_f1")):
             for j, arm in enumerate((a, b)):
                 m, s = arms[arm]["mean"].get(metric), arms[arm]["std"].get(metric)
-                ax.bar(i + (j - 0.5) * 0.38, m or 0, 0.38, yerr=s or 0, capsize=3, color=f"C{j}",
-                       label=arm if i == 0 else None)
+                ax.bar(
+                    i + (j - 0.5) * 0.38,
+                    m or 0,
+                    0.38,
+                    yerr=s or 0,
+                    capsize=3,
+                    color=f"C{j}",
+                    label=arm if i == 0 else None,
+                )
         ax.set_xticks([0, 1], ["exact match", "model abstain F1"])
         ax.set_ylim(0, 1)
         ax.set_title(name, fontsize=9)
@@ -361,8 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_steps", type=int, default=None, help="override the budget's steps per run")
     parser.add_argument("--backbones", default=None, help="prebuilt make_tiny_backbones folder (linked, not rebuilt)")
     parser.add_argument("--data", default=None, help="prebuilt make_synthetic folder (linked, not rebuilt)")
-    parser.add_argument("--collect", action="store_true",
-                        help="train nothing: rebuild ablations.json + plots from the runs already finished in OUT")
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="train nothing: rebuild ablations.json + plots from the runs already finished in OUT",
+    )
     args = parser.parse_args(argv)
     budget = dict(QUICK if args.quick else BUDGET)
     if args.max_steps:
@@ -381,9 +490,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             try:
                 record = run_arm_seed(name, seed, budget, out)
-                print(f"[ablations] {name} seed {seed}: exact_match {record['exact_match']}, abstain_f1 "
-                      f"{record['abstain_f1']}, final_loss {record['final_loss']}, {record['seconds']:.0f} s",
-                      flush=True)
+                print(
+                    f"[ablations] {name} seed {seed}: exact_match {record['exact_match']}, abstain_f1 "
+                    f"{record['abstain_f1']}, final_loss {record['final_loss']}, {record['seconds']:.0f} s",
+                    flush=True,
+                )
             except Exception as e:  # keep going: one broken arm must not cost the others
                 errors.setdefault(name, {})[seed] = str(e)
                 print(f"[ablations] {name} seed {seed} FAILED: {e}", file=sys.stderr, flush=True)
@@ -392,8 +503,10 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, out)
     for c in results["comparisons"]:
         if c["metric"] in ("exact_match", "model_abstain_f1", "abstain_f1"):
-            print(f"[ablations] {c['name']:<24} {c['metric']:<12} {c['a']}={fmt(c['mean_a'])} {c['b']}="
-                  f"{fmt(c['mean_b'])} diff={fmt(c['diff'])} p={fmt(c['p_value'])} -> {c['verdict']}")
+            print(
+                f"[ablations] {c['name']:<24} {c['metric']:<12} {c['a']}={fmt(c['mean_a'])} {c['b']}="
+                f"{fmt(c['mean_b'])} diff={fmt(c['diff'])} p={fmt(c['p_value'])} -> {c['verdict']}"
+            )
     print(f"[ablations] wrote {os.path.join(out, 'ablations.json')} in {time.time() - t0:.0f} s")
     return 1 if errors else 0
 
@@ -401,13 +514,22 @@ def main(argv: list[str] | None = None) -> int:
 def write_results(out, budget, seeds, errors, fingerprint, started, t0, load_start, quick) -> dict:
     arms = collect(out, budget, seeds, errors)
     results = {
-        "config": {"budget": budget, "seeds": seeds, "quick": quick, "machine": machine_info(),
-                   "git_commit": git_commit(), "dataset_fingerprint": fingerprint,
-                   "recipes": {s: f"recipes/smoke/{s}.yaml + flags" for s in ("stage1", "stage2")},
-                   "arms": ARMS, "started": started, "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-                   "seconds": time.time() - t0, "load_average": [load_start, os.getloadavg()[0]],
-                   "run_seconds_total": sum(r["seconds"] for a in arms.values() for r in a["seeds"].values()),
-                   "runs_finished": sum(a["n_seeds"] for a in arms.values())},
+        "config": {
+            "budget": budget,
+            "seeds": seeds,
+            "quick": quick,
+            "machine": machine_info(),
+            "git_commit": git_commit(),
+            "dataset_fingerprint": fingerprint,
+            "recipes": {s: f"recipes/smoke/{s}.yaml + flags" for s in ("stage1", "stage2")},
+            "arms": ARMS,
+            "started": started,
+            "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+            "seconds": time.time() - t0,
+            "load_average": [load_start, os.getloadavg()[0]],
+            "run_seconds_total": sum(r["seconds"] for a in arms.values() for r in a["seeds"].values()),
+            "runs_finished": sum(a["n_seeds"] for a in arms.values()),
+        },
         "arms": arms,
         "comparisons": build_comparisons(arms),
     }

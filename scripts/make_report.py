@@ -109,7 +109,7 @@ flowchart LR
   img["image [B, 3, H, W]"] --> vt["vision_tower (SigLIP / CLIP)<br/>[B, N_patches, D_v]"]
   vt --> proj["multi_modal_projector (PROJECTORS[projector_type])<br/>[B, T_img, D_text]"]
   txt["chat text (processor's chat template)"] --> emb["language_model.embed_tokens<br/>[B, T, D_text]"]
-  proj --> merge["merge: image features into the image slots<br/>(image_mask; labels -100 there)"]
+  proj --> merge["merge: image features into the image slots<br/>(input_ids == image_token_id; never a target)"]
   emb --> merge
   merge --> llm["language_model (Qwen2 / Llama blocks)"]
   llm --> head["lm_head -> logits / loss"]
@@ -124,14 +124,16 @@ def class_layout() -> str:
     return "\n".join(
         [
             "- `MiniLlavaConfig` (`modeling_minillava/configuration_minillava.py`): `vision_config` + `text_config` "
-            "sub-configs, projector settings, `image_position`; `num_image_tokens` is derived from the tower's grid and "
+            "sub-configs, projector settings, `image_position`; `num_image_tokens` is derived from the tower's grid "
+            "and "
             "the projector.",
             '- `MiniLlavaModel` (base, `base_model_prefix = "model"`): `vision_tower`, `multi_modal_projector`, '
             "`language_model` (`AutoModel.from_config`, no head); `MiniLlavaForConditionalGeneration`: `model` + "
             "`lm_head` (tied when the LLM ties).",
             f"- `PROJECTORS` (`modeling_minillava/projectors.py`): {projectors}.",
-            "- `MiniLlavaProcessor` (`processing/`): chat template + image processor; lays out `num_image_tokens` image "
-            "slots per image and returns `image_mask`. `MiniLlavaDataCollator`: labels on assistant answers only.",
+            "- `MiniLlavaProcessor` (`processing/`): a standard transformers processor (multimodal chat template + "
+            "image processor + tokenizer); expands each image token to `num_image_tokens` placeholders "
+            "(`config.image_token_id`). `MiniLlavaDataCollator`: labels on assistant answers only.",
             f"- Where images enter (`image_position`, one of {', '.join(f'`{p}`' for p in IMAGE_POSITIONS)}): "
             "`user_turn` puts the slots where the image part sits inside the user message (after the chat template's "
             "system/user header); `prefix` puts all image slots before the whole chat. The projected features replace "
@@ -348,7 +350,8 @@ def compute_estimate(stages: dict) -> str:
     )
     return "\n\n".join(
         [
-            "**Estimate, not a measurement** (no H100 run exists). Derived from the parameter counts above, the recipes "
+            "**Estimate, not a measurement** (no H100 run exists). Derived from the parameter counts above, the "
+            "recipes "
             "and these stated assumptions:",
             formula,
             table(
@@ -365,7 +368,8 @@ def compute_estimate(stages: dict) -> str:
                 ],
                 rows,
             ),
-            "Data mixture behind the sample counts (train rows are published dataset sizes; TRL normalises `fraction`s "
+            "Data mixture behind the sample counts (train rows are published dataset sizes; TRL normalises "
+            "`fraction`s "
             "and never oversamples, so the scarcest source sets the total):",
             table(["stage", "dataset", "train rows (assumed)", "fraction", "rows used", "size source"], mix_rows),
         ]
@@ -400,7 +404,8 @@ def offline_compute(smoke: dict | None, smoke_dir: str | None) -> str:
     return "\n\n".join(
         [
             table(["stage", "train rows", "steps", "samples seen", "tokens seen", "train seconds", "samples/s"], rows),
-            f"Whole pipeline (backbones, data, both stages, both evaluations): {fmt(smoke.get('seconds'))} s wall time. "
+            f"Whole pipeline (backbones, data, both stages, both evaluations): {fmt(smoke.get('seconds'))} s wall "
+            "time. "
             f"Machine: {machine_line()} (the machine this report was generated on; summary.json does not record one).",
         ]
     )
@@ -665,8 +670,10 @@ def published_section() -> str:
     rows = [[s, b, v, m, f"[{src}]({url})"] for s, b, v, m, src, url in PUBLISHED]
     return "\n\n".join(
         [
-            "**Published numbers of other systems, as reported by their authors. Not our measurements, not comparable to "
-            "the offline default above** (different models, data, scale and evaluation harnesses). TinyLLaVA is left out: "
+            "**Published numbers of other systems, as reported by their authors. Not our measurements, not "
+            "comparable to "
+            "the offline default above** (different models, data, scale and evaluation harnesses). TinyLLaVA is "
+            "left out: "
             "its figures could not be verified from a primary source while writing this generator.",
             table(["system", "benchmark", "score", "metric", "source"], rows),
         ]
@@ -725,14 +732,16 @@ def render(abl_path, bench_dir, smoke_path, plots_dir: str) -> str:
             [
                 "# Mini-LLaVA report",
                 f"Generated by `{cmd}` at git `{git_commit()[:10]}` on "
-                f"{datetime.date.today().isoformat()}. Every number is read from those files or computed by calling the "
+                f"{datetime.date.today().isoformat()}. Every number is read from those files or computed by calling "
+                "the "
                 "repo's code; nothing measured is typed by hand. Inputs that were not given say so.",
                 "## Architecture",
                 ARCHITECTURE,
                 class_layout(),
                 layout_examples(tiny),
                 "## Training stages",
-                "What trains in each stage (trainable / total parameters, from `run_sft.apply_train_plan` on models built on "
+                "What trains in each stage (trainable / total parameters, from `run_sft.apply_train_plan` on models "
+                "built on "
                 "the meta device from the recipes):",
                 "### Offline default (tiny random backbones, synthetic doc/UI set, CPU)",
                 stage_table(offline),

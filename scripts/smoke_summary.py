@@ -57,8 +57,10 @@ def main() -> int:
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(json.dumps(summary, indent=2))
-    print(f"\nArtefacts in {args.out} (summary.json, final/, eval/*/failures.html). "
-          f"Try the demo: MODEL_ID={args.out}/final python spaces_demo/app.py")
+    print(
+        f"\nArtefacts in {args.out} (summary.json, final/, eval/*/failures.html). "
+        f"Try the demo: MODEL_ID={args.out}/final python spaces_demo/app.py"
+    )
     failed = [k for k, ok in checks.items() if not ok]
     if failed:
         print(f"FAILED learning checks: {failed}", file=sys.stderr)

@@ -7,4 +7,7 @@ if ! bash scripts/install_browser.sh; then
   if [ -n "${CI:-}" ]; then exit 1; fi
   echo "WARNING: no chromium on PATH; the browser test will be skipped (it runs in CI)." >&2
 fi
+# One style, enforced: lint and formatting fail the run before any test does.
+ruff check .
+ruff format --check .
 python -m pytest -q -p no:cacheprovider tests "$@"

@@ -44,8 +44,9 @@ def test_paired_bootstrap_and_verdicts():
     real = abl.compare("c", "q", "A", "B", rec(a), rec(b), "exact_match")
     assert real["verdict"] == "real: B higher" and real["diff"] == pytest.approx(0.4)
     assert real["p_value"] < 0.05 and real["n_a"] == real["n_b"] == 3
-    noisy = abl.compare("c", "q", "A", "B", rec({0: 0.1, 1: 0.5, 2: 0.3}), rec({0: 0.4, 1: 0.2, 2: 0.35}),
-                        "exact_match")
+    noisy = abl.compare(
+        "c", "q", "A", "B", rec({0: 0.1, 1: 0.5, 2: 0.3}), rec({0: 0.4, 1: 0.2, 2: 0.35}), "exact_match"
+    )
     assert noisy["verdict"] == "within seed noise"
     assert noisy["ci95"][0] < 0 < noisy["ci95"][1]
     single = abl.compare("c", "q", "A", "B", rec({0: 0.1}), rec({0: 0.2}), "exact_match")
@@ -62,8 +63,9 @@ def test_only_expands_comparisons_and_rejects_unknown_names():
 @pytest.fixture(scope="module")
 def quick_run(backbones, tmp_path_factory):
     out = tmp_path_factory.mktemp("ablations")
-    rc = abl.main(["--out", str(out), "--quick", "--only", "baseline",
-                   "--backbones", os.path.dirname(backbones["llm-qwen2"])])
+    rc = abl.main(
+        ["--out", str(out), "--quick", "--only", "baseline", "--backbones", os.path.dirname(backbones["llm-qwen2"])]
+    )
     return rc, out
 
 
@@ -79,8 +81,15 @@ def test_quick_run_writes_a_valid_ablations_json(quick_run):
     for name, arm in results["arms"].items():
         assert arm["n_seeds"] == 1 and not arm["errors"]
         run = arm["seeds"]["0"]
-        for field in ("exact_match", "abstain_f1", "hallucination_rate", "final_loss", "train_samples_per_second",
-                      "seconds", "num_image_tokens"):
+        for field in (
+            "exact_match",
+            "abstain_f1",
+            "hallucination_rate",
+            "final_loss",
+            "train_samples_per_second",
+            "seconds",
+            "num_image_tokens",
+        ):
             assert isinstance(run[field], (int, float)) and math.isfinite(run[field]), (name, field)
         assert 0 <= run["exact_match"] <= 1 and run["num_image_tokens"] == 64
         assert run["global_step"] == 2 and len(run["losses"]) == 2

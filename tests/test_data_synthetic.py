@@ -22,8 +22,9 @@ def built(tmp_path_factory):
     return out, manifest, load_dataset_dir(str(out))
 
 
-def all_rows(dd, columns=("id", "split", "messages", "answers", "answerable", "question_type", "meta",
-                          "image_sha256")):
+def all_rows(
+    dd, columns=("id", "split", "messages", "answers", "answerable", "question_type", "meta", "image_sha256")
+):
     return [r for s in dd for r in dd[s].select_columns(list(columns))]
 
 
@@ -69,8 +70,18 @@ def test_unanswerable_share_and_closed_set_answers(built):
     rows = all_rows(dd)
     share = sum(not r["answerable"] for r in rows) / len(rows)
     assert 0.17 <= share <= 0.33, share
-    closed = {"yes", "no", *map(str, range(7)), *make_synthetic.KINDS, "red", "green", "blue", "orange",
-              "purple", "gray"}
+    closed = {
+        "yes",
+        "no",
+        *map(str, range(7)),
+        *make_synthetic.KINDS,
+        "red",
+        "green",
+        "blue",
+        "orange",
+        "purple",
+        "gray",
+    }
     for r in rows:
         if r["question_type"] in ("yes_no", "counting", "doc_type"):
             assert r["answers"][0] in closed, r
@@ -93,8 +104,9 @@ def test_no_shared_content_across_splits(built):
 def test_dedup_drops_injected_cross_split_copy(built):
     _, _, dd = built
     leaked = datasets.concatenate_datasets([dd["train"], dd["test"].select([0])])
-    kept, dropped = make_synthetic.dedup_splits({"train": leaked, "test": dd["test"]},
-                                                near_key=make_synthetic.content_key)
+    kept, dropped = make_synthetic.dedup_splits(
+        {"train": leaked, "test": dd["test"]}, near_key=make_synthetic.content_key
+    )
     assert len(kept["train"]) == len(dd["train"])
     assert dropped == {("train", "cross_split_exact_duplicate"): 1}
 
@@ -112,8 +124,24 @@ def test_same_seed_same_fingerprint_other_seed_differs(built, tmp_path):
 def test_cli_entry_point(tmp_path):
     out = tmp_path / "cli"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    subprocess.run([sys.executable, "-m", "data_scripts.make_synthetic", "--out", str(out), "--n", "30", "--seed",
-                    "3", "--num_proc", "1"], check=True, env=env, capture_output=True,
-                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data_scripts.make_synthetic",
+            "--out",
+            str(out),
+            "--n",
+            "30",
+            "--seed",
+            "3",
+            "--num_proc",
+            "1",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     m = load_manifest(str(out))
     assert m["seed"] == 3 and sum(c["rows"] for c in m["splits"].values()) == 30

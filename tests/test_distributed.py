@@ -26,7 +26,7 @@ N_ROWS, BATCH, WORLD = 48, 8, 2  # 48 rows, 8 per rank, 2 ranks: 3 optimizer ste
 
 # Each rank runs run_sft's own building blocks, then dumps what a test needs to see from inside the ranks: world
 # size, the row ids this rank was fed, and its trainable weights before and after training. run_sft stays untouched.
-DUMP_SCRIPT = '''
+DUMP_SCRIPT = """
 import sys
 
 import torch
@@ -61,7 +61,7 @@ trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requi
 dump = {"world_size": args.world_size, "parallel_mode": args.parallel_mode.value, "ids": collator.ids,
         "global_step": trainer.state.global_step, "init": init, "trained": trained}
 torch.save(dump, f"{args.output_dir}/rank{args.process_index}.pt")
-'''
+"""
 
 
 def free_port() -> int:

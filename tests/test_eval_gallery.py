@@ -17,10 +17,22 @@ META = {"fields": {"invoice_number": "INV-104", "total": "$12.50", "items": [{"q
 
 
 def _record(index, qtype, answer, golds, final_score, confidence, answerable=True, abstained=False):
-    return {"index": index, "id": f"r{index}", "question_type": qtype, "answerable": answerable,
-            "question": f"question {index} <b>?", "golds": golds, "answer": answer, "answer_tokens": 2,
-            "confidence": confidence, "abstained": abstained, "final_answer": "unanswerable" if abstained else answer,
-            "score": final_score, "final_score": final_score, "error_tag": None}
+    return {
+        "index": index,
+        "id": f"r{index}",
+        "question_type": qtype,
+        "answerable": answerable,
+        "question": f"question {index} <b>?",
+        "golds": golds,
+        "answer": answer,
+        "answer_tokens": 2,
+        "confidence": confidence,
+        "abstained": abstained,
+        "final_answer": "unanswerable" if abstained else answer,
+        "score": final_score,
+        "final_score": final_score,
+        "error_tag": None,
+    }
 
 
 @pytest.fixture
@@ -43,7 +55,14 @@ def records():
 
 def test_error_taxonomy(records):
     assert [r["error_tag"] for r in records] == [
-        "hallucinated_answer", "false_abstention", "counting", "wrong_field", "ocr_miss", "other", "layout", None,
+        "hallucinated_answer",
+        "false_abstention",
+        "counting",
+        "wrong_field",
+        "ocr_miss",
+        "other",
+        "layout",
+        None,
     ]
     # A rendered value equal to the gold is not a distractor; without meta there are no distractors.
     assert tag_failure(_record(9, "extraction", "ACME Ltd", ["ACME Ltd", "x"], 0.0, 0.5), META) != "wrong_field"
@@ -108,8 +127,9 @@ def _values(card) -> dict:
 
 
 def test_model_card_written_merged_and_read_back(tmp_path):
-    first = build_eval_results({"exact_match": 0.5, "abstain_f1": 0.25, "flag": True, "nested": {}}, "synthetic",
-                               "synthetic", "test")
+    first = build_eval_results(
+        {"exact_match": 0.5, "abstain_f1": 0.25, "flag": True, "nested": {}}, "synthetic", "synthetic", "test"
+    )
     assert [r.metric_type for r in first] == ["exact_match", "abstain_f1"]  # scalars only
     path = write_model_card(str(tmp_path), first, model_name="tiny")
     card = ModelCard.load(path)
@@ -117,11 +137,18 @@ def test_model_card_written_merged_and_read_back(tmp_path):
     assert _values(card) == {("synthetic", "test", "exact_match"): 0.5, ("synthetic", "test", "abstain_f1"): 0.25}
     # Re-running one metric replaces it; another split is added; the user's own text survives.
     path.write_text(path.read_text().replace("A Mini-LLaVA vision-language model.", "My notes."))
-    write_model_card(str(tmp_path), build_eval_results({"exact_match": 0.75}, "synthetic", "synthetic", "test")
-                     + build_eval_results({"exact_match": 0.1}, "synthetic", "synthetic", "validation"), "tiny")
+    write_model_card(
+        str(tmp_path),
+        build_eval_results({"exact_match": 0.75}, "synthetic", "synthetic", "test")
+        + build_eval_results({"exact_match": 0.1}, "synthetic", "synthetic", "validation"),
+        "tiny",
+    )
     card = ModelCard.load(path)
-    assert _values(card) == {("synthetic", "test", "exact_match"): 0.75, ("synthetic", "test", "abstain_f1"): 0.25,
-                             ("synthetic", "validation", "exact_match"): 0.1}
+    assert _values(card) == {
+        ("synthetic", "test", "exact_match"): 0.75,
+        ("synthetic", "test", "abstain_f1"): 0.25,
+        ("synthetic", "validation", "exact_match"): 0.1,
+    }
     assert "My notes." in card.text and card.text.count("## Evaluation") == 1
     assert "| synthetic | validation | exact_match | 0.1000 |" in card.text
 
@@ -138,8 +165,9 @@ def test_push_model_card_uploads_the_card(tmp_path, monkeypatch):
 
     monkeypatch.setattr(repocard, "upload_file", fake_upload_file)
     monkeypatch.setattr(ModelCard, "validate", lambda self, repo_type=None: None)  # a Hub API call
-    path = write_model_card(str(tmp_path), build_eval_results({"anls": 0.625}, "lmms-lab/DocVQA", "docvqa",
-                                                              "validation"), "tiny")
+    path = write_model_card(
+        str(tmp_path), build_eval_results({"anls": 0.625}, "lmms-lab/DocVQA", "docvqa", "validation"), "tiny"
+    )
     url = push_model_card(path, "me/tiny-minillava")
     assert url == "https://huggingface.co/me/tiny-minillava/commit/0"
     assert [(u["repo"], u["path"]) for u in uploads] == [("me/tiny-minillava", "README.md")]

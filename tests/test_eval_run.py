@@ -44,9 +44,29 @@ def model_dir(build, tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluated(synthetic, model_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("eval_out"))
-    results = run_eval.main(["--model", model_dir, "--dataset", synthetic[0], "--split", "test",
-                             "--threshold_split", "validation", "--save_threshold", "--max_samples", str(N_SAMPLES),
-                             "--max_new_tokens", "3", "--batch_size", "8", "--gallery_size", "5", "--output_dir", out])
+    results = run_eval.main(
+        [
+            "--model",
+            model_dir,
+            "--dataset",
+            synthetic[0],
+            "--split",
+            "test",
+            "--threshold_split",
+            "validation",
+            "--save_threshold",
+            "--max_samples",
+            str(N_SAMPLES),
+            "--max_new_tokens",
+            "3",
+            "--batch_size",
+            "8",
+            "--gallery_size",
+            "5",
+            "--output_dir",
+            out,
+        ]
+    )
     return results, out
 
 
@@ -99,11 +119,19 @@ def test_metrics_equal_recomputation_from_predictions(evaluated):
         "exact_match_all_rows": sum(scores) / len(scores),
         **abstention_scores(abstained, [r["answerable"] for r in records]),
         # the model's own abstentions: the answer text alone, whatever the confidence
-        **{f"model_{k}": v for k, v in abstention_scores(
-            [r["answer"].strip().lower() in ("", "unanswerable") for r in records], [r["answerable"] for r in records]
-        ).items()},
-        **selective_scores([r["confidence"] for r in records], scores, [r["confidence"] for r in fit_records],
-                           [r["score"] for r in fit_records]),
+        **{
+            f"model_{k}": v
+            for k, v in abstention_scores(
+                [r["answer"].strip().lower() in ("", "unanswerable") for r in records],
+                [r["answerable"] for r in records],
+            ).items()
+        },
+        **selective_scores(
+            [r["confidence"] for r in records],
+            scores,
+            [r["confidence"] for r in fit_records],
+            [r["score"] for r in fit_records],
+        ),
     }
     for name, value in expected.items():
         assert results["metrics"][name] == pytest.approx(value), name
@@ -117,8 +145,9 @@ def test_threshold_fitted_on_heldout_and_saved_for_the_demo(evaluated, model_dir
     fit_records = _jsonl(os.path.join(out, "threshold_predictions.jsonl"))
     assert {r["id"] for r in fit_records}.isdisjoint(r["id"] for r in _jsonl(os.path.join(out, "predictions.jsonl")))
     column = lambda key: [r[key] for r in fit_records]
-    threshold, reward = fit_abstain_threshold(column("answer"), column("confidence"), column("answerable"),
-                                              column("score"))
+    threshold, reward = fit_abstain_threshold(
+        column("answer"), column("confidence"), column("answerable"), column("score")
+    )
     assert results["threshold"] == threshold and results["threshold_fit"]["mean_reward"] == pytest.approx(reward)
     assert results["threshold_source"] == "fitted on validation"
     saved = GenerationConfig.from_pretrained(model_dir)
@@ -154,16 +183,21 @@ def test_gallery_shows_the_selected_failures(evaluated):
 def test_model_card_has_the_eval_results(evaluated, model_dir):
     results, _ = evaluated
     card = ModelCard.load(os.path.join(model_dir, "README.md"))
-    values = {r.metric_type: r.metric_value for r in card.data.eval_results
-              if (r.dataset_name, r.dataset_split) == ("synthetic", "test")}
+    values = {
+        r.metric_type: r.metric_value
+        for r in card.data.eval_results
+        if (r.dataset_name, r.dataset_split) == ("synthetic", "test")
+    }
     assert values == pytest.approx(results["metrics"])
 
 
 def test_saved_threshold_is_used_by_default_and_yaml_recipe(evaluated, synthetic, model_dir, tmp_path):
     recipe = tmp_path / "eval.yaml"
-    recipe.write_text(f"model: {model_dir}\ndataset: {synthetic[0]}\nsplit: validation\nmax_samples: 8\n"
-                      "max_new_tokens: 2\n"
-                      f"output_dir: {tmp_path / 'out'}\ngallery_size: 2\n")
+    recipe.write_text(
+        f"model: {model_dir}\ndataset: {synthetic[0]}\nsplit: validation\nmax_samples: 8\n"
+        "max_new_tokens: 2\n"
+        f"output_dir: {tmp_path / 'out'}\ngallery_size: 2\n"
+    )
     args = run_eval.parse_args([str(recipe), "--max_samples", "4"])
     assert (args.model, args.max_samples, args.max_new_tokens) == (model_dir, 4, 2)  # flags override the YAML
     results = run_eval.run_eval(args)
@@ -186,13 +220,29 @@ def test_adapter_eval_saves_next_to_the_adapter(synthetic, model_dir, tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     base = AutoModelForImageTextToText.from_pretrained(model_dir, trust_remote_code=True)
-    lora = LoraConfig(r=2, target_modules=r".*language_model.*\.(q_proj|v_proj)",
-                      modules_to_save=["multi_modal_projector"])
+    lora = LoraConfig(
+        r=2, target_modules=r".*language_model.*\.(q_proj|v_proj)", modules_to_save=["multi_modal_projector"]
+    )
     adapter = str(tmp_path / "adapter")
     get_peft_model(base, lora).save_pretrained(adapter)
     AutoProcessor.from_pretrained(model_dir, trust_remote_code=True).save_pretrained(adapter)
-    results = run_eval.main(["--model", model_dir, "--adapter", adapter, "--dataset", synthetic[0], "--max_samples",
-                             "4", "--max_new_tokens", "2", "--threshold", "0.25", "--save_threshold"])
+    results = run_eval.main(
+        [
+            "--model",
+            model_dir,
+            "--adapter",
+            adapter,
+            "--dataset",
+            synthetic[0],
+            "--max_samples",
+            "4",
+            "--max_new_tokens",
+            "2",
+            "--threshold",
+            "0.25",
+            "--save_threshold",
+        ]
+    )
     assert results["adapter"] == adapter and results["counts"]["rows"] == 4
     assert os.path.exists(os.path.join(adapter, "eval", "synthetic-test", "eval_results.json"))  # default output_dir
     assert GenerationConfig.from_pretrained(adapter).abstain_threshold == 0.25

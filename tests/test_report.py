@@ -32,9 +32,18 @@ def row(text: str, *starts: str) -> str:
 @pytest.fixture(scope="module")
 def filled(tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "REPORT.md"
-    report.main(["--ablations", os.path.join(FIXTURES, "ablations_fixture.json"),
-                 "--bench", os.path.join(FIXTURES, "report_bench"),
-                 "--smoke", os.path.join(FIXTURES, "report_smoke", "summary.json"), "--out", str(out)])
+    report.main(
+        [
+            "--ablations",
+            os.path.join(FIXTURES, "ablations_fixture.json"),
+            "--bench",
+            os.path.join(FIXTURES, "report_bench"),
+            "--smoke",
+            os.path.join(FIXTURES, "report_smoke", "summary.json"),
+            "--out",
+            str(out),
+        ]
+    )
     return out.read_text()
 
 
@@ -42,8 +51,18 @@ def filled(tmp_path_factory):
 def empty(tmp_path_factory):
     missing = str(tmp_path_factory.mktemp("missing"))
     out = os.path.join(missing, "REPORT.md")
-    report.main(["--ablations", os.path.join(missing, "ablations.json"), "--bench", os.path.join(missing, "bench"),
-                 "--smoke", os.path.join(missing, "summary.json"), "--out", out])
+    report.main(
+        [
+            "--ablations",
+            os.path.join(missing, "ablations.json"),
+            "--bench",
+            os.path.join(missing, "bench"),
+            "--smoke",
+            os.path.join(missing, "summary.json"),
+            "--out",
+            out,
+        ]
+    )
     with open(out) as f:
         return f.read()
 
@@ -83,8 +102,13 @@ def test_stage_tables_are_computed_from_the_recipes(filled):
 
 
 def test_missing_inputs_say_not_measured_and_invent_nothing(empty):
-    for statement in ("Ablations: not measured", "Benchmarks: not measured", "Offline default results: not measured",
-                      "Compute of the offline default: not measured", "Failure modes: not measured"):
+    for statement in (
+        "Ablations: not measured",
+        "Benchmarks: not measured",
+        "Offline default results: not measured",
+        "Compute of the offline default: not measured",
+        "Failure modes: not measured",
+    ):
         assert statement in empty
     for fixture_number in ("0.432", "0.927", "6.43", "0.000417", "`s1_mlp`"):
         assert fixture_number not in empty
