@@ -30,10 +30,12 @@ def model_and_processor(size: str, tiny_model, tiny_processor):
         return tiny_model.train(), tiny_processor
     vision, text = size_configs(size)
     model = build_minillava(vision, text)
+    model.config.image_token_id = tiny_processor.image_token_id  # the tiny tokenizer's placeholder
     image_size = SIZES[size]["vision"]["image_size"]
     processor = MiniLlavaProcessor(SiglipImageProcessorPil(size={"height": image_size, "width": image_size}),
                                    tiny_processor.tokenizer, chat_template=tiny_processor.chat_template,
-                                   num_image_tokens=model.config.num_image_tokens)  # fmt: skip
+                                   num_image_tokens=model.config.num_image_tokens,
+                                   image_token=tiny_processor.image_token)  # fmt: skip
     return model, processor
 
 

@@ -172,9 +172,10 @@ class MiniLlavaForConditionalGeneration(MiniLlavaPreTrainedModel, GenerationMixi
         """transformers' loader re-creates every loaded parameter as trainable (5.24 `core_model_loading`), which
         would unfreeze the tower of every model loaded from a folder (TRL's CLI, trainers given a path): it is
         frozen again here, as the constructor leaves it."""
-        model = super().from_pretrained(*args, **kwargs)
+        loaded = super().from_pretrained(*args, **kwargs)  # (model, loading_info) with output_loading_info=True
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
         model.model.vision_tower.requires_grad_(False)
-        return model
+        return loaded
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
