@@ -35,7 +35,7 @@ from data_scripts.manifest import git_state
 from data_scripts.schema import ABSTAIN_ANSWER, MANIFEST_NAME, load_dataset_dir, load_manifest
 from metrics.abstention.abstention import abstention_scores
 from metrics.anls.anls import anls_scores
-from metrics.confidence import answer_logprobs, confidence_from_logprobs, fit_abstain_threshold, is_abstained
+from metrics.confidence import fit_abstain_threshold, is_abstained
 from metrics.exact_match.exact_match import exact_match_scores
 from metrics.gallery import parse_meta, plot_risk_coverage, render_gallery, select_failures, tag_failure
 from metrics.model_card import build_eval_results, push_model_card, write_model_card
@@ -180,11 +180,13 @@ def generate(model, processor, ds, suffix: str, max_new_tokens: int, batch_size:
                 output_logits=True,
                 return_dict_in_generate=True,
             )
-            new_tokens = out.sequences[:, inputs["input_ids"].shape[1] :]  # generate returns prompt + new tokens
-            for tokens, logprobs in zip(new_tokens, answer_logprobs(new_tokens, out.logits, stop_ids)):
-                answers.append(processor.tokenizer.decode(tokens[: len(logprobs)], skip_special_tokens=True).strip())
-                confidences.append(confidence_from_logprobs(logprobs))
-                n_tokens.append(len(logprobs))
+            # The one answer -> confidence implementation, shipped with the model's processor (the Space uses it too).
+            # The threshold is applied later (build_records), once it has been fitted.
+            prompt_length = inputs["input_ids"].shape[1]
+            for result in processor.post_process_answers(out, prompt_length, threshold=0.0, stop_token_ids=stop_ids):
+                answers.append(result["answer"])
+                confidences.append(result["confidence"])
+                n_tokens.append(result["num_tokens"])
             bar.update(len(texts))
     return answers, confidences, n_tokens, time.perf_counter() - start
 

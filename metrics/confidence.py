@@ -1,48 +1,26 @@
-"""Answer confidence from the model's own token probabilities, the abstention decision, and the abstention threshold
-fitted on a held-out split. Pure functions (torch tensors in, floats out); used by run_eval.py, mirrored by the demo.
+"""The abstention threshold fitted on a held-out split. The answer -> confidence -> abstain functions themselves ship
+with the model's remote code (processing/processing_minillava.py), so run_eval.py and the Space use one
+implementation; they are re-exported here for the harness.
 """
 
-import math
+from processing.processing_minillava import (
+    ABSTAIN_ANSWER,
+    answer_logprobs,
+    confidence_from_logprobs,
+    is_abstained,
+    normalize_abstention,
+)
 
-import torch
-
-ABSTAIN_ANSWER = "unanswerable"  # = data_scripts/schema.py ABSTAIN_ANSWER (metrics stay free of data_scripts imports)
-
-
-def answer_logprobs(tokens: torch.Tensor, logits: tuple[torch.Tensor, ...], stop_ids) -> list[list[float]]:
-    """Per row, the log-probs of the generated answer tokens up to (excluding) the first stop token.
-
-    tokens: [B, T] new tokens from generate(); logits: T tensors [B, V], the RAW logits of each step
-    (`output_logits=True`), so repetition penalties or other logits processors never change the confidence.
-    """
-    stop_ids = set(stop_ids)
-    logprobs = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in logits], dim=1)  # [B, T, V]
-    chosen = logprobs.gather(-1, tokens[:, : logprobs.shape[1], None].long()).squeeze(-1)  # [B, T]
-    rows = []
-    for row_tokens, row_logprobs in zip(tokens.tolist(), chosen.tolist()):
-        kept = []
-        for token, logprob in zip(row_tokens, row_logprobs):
-            if token in stop_ids:
-                break
-            kept.append(logprob)
-        rows.append(kept)
-    return rows
-
-
-def confidence_from_logprobs(logprobs: list[float]) -> float:
-    """exp(mean token log-prob): the geometric-mean token probability, in [0, 1]; 0.0 for an empty answer."""
-    return math.exp(sum(logprobs) / len(logprobs)) if logprobs else 0.0
-
-
-def normalize_abstention(answer: str) -> str:
-    """Case-folded, whitespace and trailing . ! ? stripped (as metrics/abstention's `is_abstention`)."""
-    return answer.casefold().strip().rstrip(".!?").strip()
-
-
-def is_abstained(answer: str, confidence: float, threshold: float, abstain_answer: str = ABSTAIN_ANSWER) -> bool:
-    """The final decision: the model said the abstention answer, said nothing, or is less confident than threshold."""
-    said = normalize_abstention(answer)
-    return said == abstain_answer.casefold() or not said or confidence < threshold
+__all__ = [
+    "ABSTAIN_ANSWER",
+    "answer_logprobs",
+    "confidence_from_logprobs",
+    "is_abstained",
+    "normalize_abstention",
+    "abstention_reward",
+    "threshold_candidates",
+    "fit_abstain_threshold",
+]
 
 
 def abstention_reward(abstained: bool, answerable: bool, score: float, cost: float) -> float:

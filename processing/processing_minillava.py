@@ -9,11 +9,13 @@ URL) works unchanged. Ships to the Hub as remote code, so it is self-contained: 
 import base64
 import binascii
 import io
+import math
 import os
 import re
 import urllib.request
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
 
@@ -132,6 +134,63 @@ def read_image_bytes(source: str) -> bytes:
         raise ValueError(
             f"Incorrect image source {source[:80]!r}: not an existing file, an http(s) URL or base64 image data."
         ) from None
+
+
+# What our recipes teach the model to say when the answer is not in the image; a model evaluated with run_eval.py
+# carries its own in generation_config.abstain_answer, next to the fitted abstain_threshold.
+ABSTAIN_ANSWER = "unanswerable"
+# Why an answer is withheld, in plain words (the Space shows these; run_eval counts them).
+ABSTAIN_REASONS = {
+    "model_said_so": "the model said the answer is not in the image",
+    "empty": "the model gave no answer",
+    "not_confident": "the model was not confident enough",
+}
+
+
+def answer_logprobs(tokens: torch.Tensor, logits: tuple[torch.Tensor, ...], stop_ids) -> list[list[float]]:
+    """Per row, the log-probs of the generated answer tokens up to (excluding) the first stop token.
+
+    tokens: [B, T] new tokens from generate(); logits: T tensors [B, V], the RAW logits of each step
+    (`output_logits=True`), so repetition penalties or other logits processors never change the confidence.
+    """
+    stop_ids = set(stop_ids)
+    logprobs = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in logits], dim=1)  # [B, T, V]
+    chosen = logprobs.gather(-1, tokens[:, : logprobs.shape[1], None].long().to(logprobs.device)).squeeze(-1)
+    rows = []
+    for row_tokens, row_logprobs in zip(tokens.tolist(), chosen.tolist()):
+        kept = []
+        for token, logprob in zip(row_tokens, row_logprobs):
+            if token in stop_ids:
+                break
+            kept.append(logprob)
+        rows.append(kept)
+    return rows
+
+
+def confidence_from_logprobs(logprobs: list[float]) -> float:
+    """exp(mean token log-prob): the geometric-mean token probability, in [0, 1]; 0.0 for an empty answer."""
+    return math.exp(sum(logprobs) / len(logprobs)) if logprobs else 0.0
+
+
+def normalize_abstention(answer: str) -> str:
+    """Case-folded, whitespace and trailing . ! ? stripped (as metrics/abstention's `is_abstention`)."""
+    return answer.casefold().strip().rstrip(".!?").strip()
+
+
+def abstention_reason(answer: str, confidence: float, threshold: float, abstain_answer: str = ABSTAIN_ANSWER):
+    """A key of ABSTAIN_REASONS when the answer is withheld, else None. The model's own word comes first: an
+    "unanswerable" said with confidence 0.9 is the model abstaining, not a confident answer."""
+    said = normalize_abstention(answer)
+    if said == abstain_answer.casefold():
+        return "model_said_so"
+    if not said:
+        return "empty"
+    return "not_confident" if confidence < threshold else None
+
+
+def is_abstained(answer: str, confidence: float, threshold: float, abstain_answer: str = ABSTAIN_ANSWER) -> bool:
+    """The final decision: the model said the abstention answer, said nothing, or is less confident than threshold."""
+    return abstention_reason(answer, confidence, threshold, abstain_answer) is not None
 
 
 def _map_images(images, fn):
@@ -290,6 +349,41 @@ class MiniLlavaProcessor(ProcessorMixin):
                 "num_image_patches": [1] * len(image_sizes),
             }
         return MultiModalData(**data)
+
+    def post_process_answers(
+        self,
+        generated,
+        prompt_length: int,
+        generation_config=None,
+        threshold: float | None = None,
+        stop_token_ids: list[int] | None = None,
+    ) -> list[dict]:
+        """`model.generate(..., output_logits=True, return_dict_in_generate=True)` -> one dict per row:
+
+        `answer` (the new text up to the stop token), `confidence` (geometric-mean probability of its tokens, from
+        the raw logits), `num_tokens`, `abstained` and `reason` (a key of ABSTAIN_REASONS, or None). The threshold
+        and abstention answer are the model's (`generation_config.abstain_threshold` / `abstain_answer`, saved by
+        run_eval.py) unless `threshold` is given; stop tokens are `stop_token_ids`, else the generation config's
+        `eos_token_id` and the tokenizer's eos.
+        """
+        if getattr(generated, "logits", None) is None:
+            raise ValueError("Generate with output_logits=True, return_dict_in_generate=True to get confidences.")
+        if stop_token_ids is None:
+            eos = getattr(generation_config, "eos_token_id", None)
+            stop_token_ids = [*(eos if isinstance(eos, (list, tuple)) else [eos]), self.tokenizer.eos_token_id]
+        stop_ids = {i for i in stop_token_ids if i is not None}
+        if threshold is None:
+            threshold = float(getattr(generation_config, "abstain_threshold", None) or 0.0)
+        abstain_answer = getattr(generation_config, "abstain_answer", None) or ABSTAIN_ANSWER
+        new_tokens = generated.sequences[:, prompt_length:]  # [B, T_new]
+        results = []
+        for tokens, logprobs in zip(new_tokens, answer_logprobs(new_tokens, generated.logits, stop_ids)):
+            answer = self.tokenizer.decode(tokens[: len(logprobs)], skip_special_tokens=True).strip()
+            confidence = confidence_from_logprobs(logprobs)
+            reason = abstention_reason(answer, confidence, threshold, abstain_answer)
+            results.append({"answer": answer, "confidence": confidence, "num_tokens": len(logprobs),
+                            "abstained": reason is not None, "reason": reason, "threshold": threshold})  # fmt: skip
+        return results
 
     @property
     def model_input_names(self) -> list[str]:
