@@ -84,3 +84,52 @@ def test_fit_threshold_bad_inputs():
         fit_abstain_threshold([], [], [], [])
     with pytest.raises(ValueError, match="2 answers, 1 confidences"):
         fit_abstain_threshold(["a", "b"], [0.5], [True, True], [1.0, 0.0])
+
+
+def _generated(processor, answers: list[str], probs: list[float], prompt: list[int], stop: int):
+    """A generate() output (return_dict_in_generate + output_logits) whose rows say `answers`, each token with
+    probability `probs[row]`, then `stop`; logits are built so those are the raw-softmax probabilities."""
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+    rows = [processor.tokenizer(a, add_special_tokens=False)["input_ids"] + [stop] for a in answers]
+    width = max(len(r) for r in rows)
+    rows = [r + [stop] * (width - len(r)) for r in rows]
+    vocab = len(processor.tokenizer)
+    steps = []
+    for t in range(width):
+        step = torch.full((len(rows), vocab), -1e4)
+        for b, row in enumerate(rows):
+            step[b, row[t]] = math.log(probs[b])
+            step[b, (row[t] + 1) % vocab] = math.log(1 - probs[b])  # the rest of the mass on one other token
+        steps.append(step)
+    sequences = torch.tensor([prompt + r for r in rows])
+    return GenerateDecoderOnlyOutput(sequences=sequences, logits=tuple(steps))
+
+
+def test_processor_post_process_answers_gives_answer_confidence_and_plain_reason(build):
+    from transformers import GenerationConfig
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+    from processing.processing_minillava import ABSTAIN_REASONS
+
+    _, processor = build("siglip", "qwen2")
+    stop = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    prompt = [processor.image_token_id] * 3
+    generated = _generated(processor, ["250", "unanswerable", "Acme Corp", ""], [0.9, 0.95, 0.4, 0.9], prompt, stop)
+    config = GenerationConfig(eos_token_id=[stop], abstain_threshold=0.5, abstain_answer="unanswerable")
+    results = processor.post_process_answers(generated, prompt_length=len(prompt), generation_config=config)
+    assert [r["answer"] for r in results] == ["250", "unanswerable", "Acme Corp", ""]
+    n_tokens = [len(processor.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in ("250", "Acme Corp")]
+    assert [r["num_tokens"] for r in results] == [n_tokens[0], results[1]["num_tokens"], n_tokens[1], 0]
+    for result, p in zip(results, [0.9, 0.95, 0.4]):
+        assert result["confidence"] == pytest.approx(p, rel=1e-5)
+    assert results[3]["confidence"] == 0.0
+    # The model's own word first: a confident "unanswerable" is an abstention, not an answer.
+    assert [r["reason"] for r in results] == [None, "model_said_so", "not_confident", "empty"]
+    assert [r["abstained"] for r in results] == [False, True, True, True]
+    assert all(r["threshold"] == 0.5 for r in results) and set(ABSTAIN_REASONS) >= {"model_said_so", "not_confident"}
+    # An explicit threshold (the Space's slider) overrides the saved one.
+    loose = processor.post_process_answers(generated, len(prompt), config, threshold=0.3)
+    assert [r["reason"] for r in loose] == [None, "model_said_so", None, "empty"]
+    with pytest.raises(ValueError, match="output_logits=True"):
+        processor.post_process_answers(GenerateDecoderOnlyOutput(sequences=generated.sequences), len(prompt))
