@@ -13,6 +13,7 @@ from PIL import Image
 from .processing_minillava import to_rgb
 
 logger = logging.getLogger(__name__)
+LOGGED_ROWS_PER_REASON = 10  # dropped rows named in the log per reason; the counters carry the rest
 
 IGNORE_INDEX = -100
 # Why a row was dropped -> the likely cause, used in the error raised when too many rows are dropped.
@@ -27,8 +28,19 @@ SKIP_HINTS = {
     "image_count_mismatch": "row['images'] does not match the {'type': 'image'} parts; make sure the images column "
     "reaches the collator (SFTConfig(remove_unused_columns=False))",
     "render_error": "the chat template failed on these messages (roles out of order, unsupported content part?)",
+    "unreadable_image": "an image that does not decode (corrupt or truncated file); re-run the data script",
+    "bad_messages": "`messages` is missing, empty or not a list of {role, content} messages",
+    "empty_answer": "an assistant turn with no text: its only label would be the end-of-turn token",
     "all_masked": "rows with no assistant turn, so there is nothing to learn from them",
 }
+
+
+def _text_of(content) -> str:
+    """A message's text: a string, or the text parts of a list of content parts."""
+    if isinstance(content, str):
+        return content
+    parts = content if isinstance(content, list) else []
+    return "".join(p.get("text") or "" for p in parts if isinstance(p, dict) and p.get("type") == "text")
 
 
 class _SkipRow(Exception):
@@ -106,11 +118,22 @@ class MiniLlavaDataCollator:
         self.stop_token_ids = frozenset(stop_token_ids)
         self.min_rows_before_check = min_rows_before_check
         self.stats = {"seen": 0, "kept": 0, "all_masked": 0, "skipped": Counter()}
-        self._logged_reasons = set()
+        self._logged_reasons = Counter()
 
     @property
     def dropped(self) -> int:
         return sum(self.stats["skipped"].values()) + self.stats["all_masked"]
+
+    def check_row(self, row: dict) -> tuple[str, str] | None:
+        """(reason, detail) when this row would be dropped, else None: the pre-training data check asks this, so a
+        run drops bad rows before any model is built, with the collator's own rules."""
+        try:
+            sample = self.encode_row(row)
+        except _SkipRow as skip:
+            return skip.reason, skip.detail
+        if all(label == IGNORE_INDEX for label in sample[1]):
+            return "all_masked", "no assistant turn, so every label is -100"
+        return None
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         samples = []  # (ids, labels, images) per kept row
@@ -136,12 +159,21 @@ class MiniLlavaDataCollator:
 
     def encode_row(self, row: dict) -> tuple[list[int], list[int], list[Image.Image]]:
         """One row -> (ids, labels, images), each image expanded to its placeholders; raises _SkipRow to drop it."""
-        if "messages" not in row:
+        if "messages" not in row:  # a whole column missing is a set-up error, not one bad row
             raise ValueError(
                 f"Row has no 'messages' (keys: {sorted(row)}); pass raw dataset rows (SFTConfig("
                 "remove_unused_columns=False, dataset_kwargs={'skip_prepare_dataset': True}))."
             )
-        messages, images = row["messages"], load_images(row.get("images"))
+        messages = row["messages"]
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+            raise _SkipRow("bad_messages", f"messages is {messages!r:.60}")
+        for turn, message in enumerate(messages):
+            if message.get("role") == "assistant" and not _text_of(message.get("content")).strip():
+                raise _SkipRow("empty_answer", f"message {turn} (assistant) has no text")
+        try:
+            images = load_images(row.get("images"))
+        except (OSError, SyntaxError, ValueError, TypeError) as error:  # PIL's UnidentifiedImageError is an OSError
+            raise _SkipRow("unreadable_image", f"{type(error).__name__}: {error}") from None
         text = self._render(messages, add_generation_prompt=False)
         n_markers = text.count(self.processor.image_token)
         if n_markers != len(images):
@@ -223,12 +255,12 @@ class MiniLlavaDataCollator:
             self.stats["all_masked"] += 1
         else:
             self.stats["skipped"][reason] += 1
-        if reason not in self._logged_reasons:  # once per reason: the counters carry the rest
-            self._logged_reasons.add(reason)
-            logger.warning(
-                "Dropping row id=%r: %s (%s). Further rows dropped for this reason are only counted in "
-                "collator.stats.", row.get("id"), reason, detail,
-            )  # fmt: skip
+        self._logged_reasons[reason] += 1
+        n = self._logged_reasons[reason]
+        if n <= LOGGED_ROWS_PER_REASON:
+            last = n == LOGGED_ROWS_PER_REASON
+            more = " Further rows dropped for this reason are only counted in collator.stats." if last else ""
+            logger.warning("Dropping row id=%r: %s (%s).%s", row.get("id"), reason, detail, more)
 
     def _describe_drops(self) -> str:
         reasons = {**self.stats["skipped"], "all_masked": self.stats["all_masked"]}

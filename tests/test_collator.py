@@ -177,7 +177,7 @@ def test_model_loss_is_cross_entropy_over_exactly_the_labelled_positions(built, 
     torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_too_long_row_is_skipped_counted_and_logged_once(built, caplog):
+def test_too_long_rows_are_skipped_counted_and_each_named(built, caplog):
     _, processor = built()
     short, long = make_row(id="short"), make_row(answer="Acme Corp " * 30, id="long")
     limit = len(MiniLlavaDataCollator(processor)([short])["input_ids"][0])
@@ -187,7 +187,8 @@ def test_too_long_row_is_skipped_counted_and_logged_once(built, caplog):
     assert batch["input_ids"].shape == (1, limit)
     check_row(batch, 0, processor, "qwen2", ["250 Acme Corp"])
     assert collator.stats == {"seen": 3, "kept": 1, "all_masked": 0, "skipped": {"too_long": 2}}
-    assert len(caplog.records) == 1 and "'long'" in caplog.text and "too_long" in caplog.text
+    assert len(caplog.records) == 2 and "'long'" in caplog.text and "'long-2'" in caplog.text
+    assert "too_long" in caplog.text
 
 
 def test_prompt_that_does_not_tokenize_as_a_prefix_is_skipped(built, monkeypatch, caplog):
@@ -228,7 +229,8 @@ def test_all_masked_rows_are_counted_and_dropped(built, caplog):
         batch = collator([no_answer, make_row(), {**no_answer, "id": "no-answer-2"}])
     assert len(batch["input_ids"]) == 1 and len(batch["pixel_values"]) == 1
     assert collator.stats == {"seen": 3, "kept": 1, "all_masked": 2, "skipped": {}}
-    assert len(caplog.records) == 1 and "'no-answer'" in caplog.text and "all_masked" in caplog.text
+    assert len(caplog.records) == 2 and "'no-answer'" in caplog.text and "'no-answer-2'" in caplog.text
+    assert "all_masked" in caplog.text
 
 
 def test_exceeding_max_skip_fraction_raises(built):
@@ -253,3 +255,53 @@ def test_rejects_bad_arguments(built):
         MiniLlavaDataCollator(processor, padding_side="middle")
     with pytest.raises(ValueError, match="remove_unused_columns=False"):
         MiniLlavaDataCollator(processor)([{"id": "x", "question": "q"}])
+
+
+def _png_bytes(color=(200, 30, 30)) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image(color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("random_bytes", "unreadable_image"),
+        ("truncated_png", "unreadable_image"),
+        ("messages_none", "bad_messages"),
+        ("empty_answer", "empty_answer"),
+    ],
+)
+def test_a_bad_row_is_dropped_counted_and_named_never_raised(built, caplog, case, reason):
+    _, processor = built()
+    good = make_row(id="good")
+    bad = make_row(id=f"bad-{case}")
+    if case == "random_bytes":
+        bad["images"] = [{"bytes": bytes(range(256)) * 4, "path": None}]
+    elif case == "truncated_png":
+        bad["images"] = [{"bytes": _png_bytes()[:60], "path": None}]
+    elif case == "messages_none":
+        bad["messages"] = None
+    else:
+        bad["messages"] = [user("What is the total?", 1), assistant("  ")]
+    collator = MiniLlavaDataCollator(processor, max_skip_fraction=1.0)
+    assert collator.check_row(bad)[0] == reason and collator.check_row(good) is None
+    with caplog.at_level(logging.WARNING, logger="processing.collator"):
+        batch = collator([bad, good])
+    assert len(batch["input_ids"]) == 1 and collator.stats["skipped"] == {reason: 1}
+    assert f"'bad-{case}'" in caplog.text and reason in caplog.text
+    check_row(batch, 0, processor, "qwen2", ["250 Acme Corp"])
+
+
+def test_only_the_first_rows_per_reason_are_named(built, caplog):
+    from processing.collator import LOGGED_ROWS_PER_REASON
+
+    _, processor = built()
+    bad = [{**make_row(id=f"bad-{i}"), "messages": None} for i in range(LOGGED_ROWS_PER_REASON + 3)]
+    collator = MiniLlavaDataCollator(processor, max_skip_fraction=1.0)
+    with caplog.at_level(logging.WARNING, logger="processing.collator"):
+        collator([*bad, make_row()])
+    assert len(caplog.records) == LOGGED_ROWS_PER_REASON and "only counted" in caplog.records[-1].getMessage()
+    assert collator.stats["skipped"] == {"bad_messages": LOGGED_ROWS_PER_REASON + 3}
