@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 
 import torch
 import transformers
-from transformers import BitsAndBytesConfig, TrainerCallback, set_seed
+from transformers import BitsAndBytesConfig, GenerationConfig, TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer, TrlParser
 from trl.scripts.utils import DatasetMixtureConfig
 
+from data_scripts.check_rows import check_rows, enforce_skip_fraction
 from data_scripts.manifest import git_state
 from data_scripts.schema import load_dataset_dir
-from modeling_minillava import MiniLlavaForConditionalGeneration
+from modeling_minillava import MiniLlavaConfig, MiniLlavaForConditionalGeneration
 from processing import MiniLlavaProcessor
 from processing.collator import MiniLlavaDataCollator
 
@@ -142,10 +143,10 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, SFTConfi
             "DeepSpeed ZeRO-3 needs `init_from` (a saved MiniLlava, e.g. the stage-1 output): from_backbones builds "
             "its skeleton on the meta device, which ZeRO-3's sharded init cannot fill. Run stage 1 with DDP or ZeRO-2."
         )
-    # Our collator builds the batches: TRL must neither re-tokenise nor drop the raw columns.
+    # Our collator builds the batches: TRL must neither re-tokenise nor drop the raw columns. `max_length` goes to
+    # our collator (longer rows are dropped and counted before training, never truncated through an image).
     training_args.remove_unused_columns = False
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
-    training_args.max_length = None
     return model_args, data_args, training_args
 
 
@@ -208,13 +209,74 @@ def build_model(args: ModelArguments, training_args: SFTConfig):
             vision_feature_layer=args.vision_feature_layer,
             image_position=args.image_position or "user_turn",
         )
-    if not args.init_from:
-        return model, MiniLlavaProcessor.from_backbones(args.vision_name, args.llm_name, config=model.config)
-    processor = MiniLlavaProcessor.from_pretrained(args.init_from)
-    if args.image_position:  # the layout is the processor's; the config records it for whoever loads the result
-        processor.set_image_position(args.image_position)
+    if args.init_from and args.image_position:  # the layout is the processor's; the config records it
         model.config.image_position = args.image_position
-    return model, processor
+    return model, build_processor(args)[0]
+
+
+def build_processor(args: ModelArguments):
+    """(processor, model config) without building the model, so the data can be checked first."""
+    if args.init_from:
+        processor = MiniLlavaProcessor.from_pretrained(args.init_from)
+        if args.image_position:
+            processor.set_image_position(args.image_position)
+        return processor, MiniLlavaConfig.from_pretrained(args.init_from)
+    config = MiniLlavaConfig.from_backbones(
+        args.vision_name,
+        args.llm_name,
+        projector_type=args.projector_type,
+        perceiver_num_latents=args.perceiver_num_latents,
+        pixel_shuffle_factor=args.pixel_shuffle_factor,
+        vision_feature_layer=args.vision_feature_layer,
+        image_position=args.image_position or "user_turn",
+    )
+    return MiniLlavaProcessor.from_backbones(args.vision_name, args.llm_name, config=config), config
+
+
+def build_collator(args: ModelArguments, data_args, training_args, processor, config) -> MiniLlavaDataCollator:
+    """The training collator: the model's stop tokens, and `max_length` (the recipe's, TRL's default 1024 when
+    unset; the LLM's context when set to null) as the longest row kept."""
+    source = args.init_from or args.llm_name
+    try:
+        stop_ids = GenerationConfig.from_pretrained(source).eos_token_id  # what the model will stop on
+    except OSError:  # an LLM without generation_config.json: the tokenizer's eos
+        stop_ids = processor.tokenizer.eos_token_id
+    max_length = training_args.max_length or config.text_config.max_position_embeddings
+    return MiniLlavaDataCollator(
+        processor,
+        stop_token_ids=stop_ids if isinstance(stop_ids, list) else [stop_ids],
+        max_skip_fraction=data_args.max_skip_fraction,
+        max_length=max_length,
+    )
+
+
+def check_data(splits: dict, collator, training_args, data_args) -> dict:
+    """Every row of every split checked with the collator's rules before any model is built; bad rows dropped,
+    counted by reason and listed (ids) in OUTPUT_DIR/data_check.json; refuses to start above max_skip_fraction."""
+    processor = collator.processor
+    settings = "|".join(
+        str(x)
+        for x in (processor.chat_template, processor.num_image_tokens, processor.image_token_id,
+                  collator.max_length, sorted(collator.stop_token_ids))
+    )  # fmt: skip
+    cache_dir = os.path.join(training_args.output_dir, "data_check")
+    checked, reports = {}, []
+    for name, ds in splits.items():
+        if ds is None:
+            checked[name] = None
+            continue
+        num_proc = max(1, training_args.dataloader_num_workers)
+        checked[name], report = check_rows(
+            ds, collator.check_row, name=name, settings=settings, cache_dir=cache_dir, num_proc=num_proc
+        )
+        reports.append(report)
+    report_path = os.path.join(training_args.output_dir, "data_check.json")
+    if training_args.process_index == 0:
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        with open(report_path, "w") as f:
+            json.dump({"max_length": collator.max_length, "splits": reports}, f, indent=2)
+    enforce_skip_fraction(reports, data_args.max_skip_fraction, report_path)
+    return checked
 
 
 def apply_train_plan(model, args: ModelArguments, gradient_checkpointing: bool):
@@ -352,19 +414,18 @@ def main(argv: list[str] | None = None) -> dict:
         eval_split = data_args.eval_split
         eval_ds, _ = load_mixture(data_args, split_of=lambda cfg: eval_split, limit=data_args.max_eval_samples)
 
-    model, processor = build_model(model_args, training_args)
+    processor, config = build_processor(model_args)
+    collator = build_collator(model_args, data_args, training_args, processor, config)
+    checked = check_data({"train": train_ds, "eval": eval_ds}, collator, training_args, data_args)
+    train_ds, eval_ds = checked["train"], checked["eval"]
+
+    model, _ = build_model(model_args, training_args)  # the same processor again; the checked one is kept
     use_portable_names(model)
     model = apply_train_plan(model, model_args, training_args.gradient_checkpointing)
     if training_args.gradient_checkpointing:
         training_args.gradient_checkpointing_kwargs = training_args.gradient_checkpointing_kwargs or {
             "use_reentrant": False
         }
-    stop_ids = model.generation_config.eos_token_id
-    collator = MiniLlavaDataCollator(
-        processor,
-        stop_token_ids=stop_ids if isinstance(stop_ids, list) else [stop_ids],
-        max_skip_fraction=data_args.max_skip_fraction,
-    )
     trainer = SFTTrainer(
         model=model,
         args=training_args,

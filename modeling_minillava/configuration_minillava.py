@@ -2,7 +2,7 @@
 
 import re
 
-from transformers import AutoConfig, PreTrainedConfig
+from transformers import AutoConfig, AutoTokenizer, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .projectors import PROJECTORS
@@ -117,6 +117,17 @@ class MiniLlavaConfig(PreTrainedConfig):
         if self.image_token_id is not None and self.image_token_id < 0:
             raise ValueError(f"image_token_id must be a non-negative token id, got {self.image_token_id}.")
         _ = self.num_image_tokens  # validates the projector against the tower's grid now, not at the first forward
+
+    @classmethod
+    def from_backbones(cls, vision_name_or_path: str, llm_name_or_path: str, **kwargs) -> "MiniLlavaConfig":
+        """The config of a model assembled from these backbones (Hub ids or local folders), without any weights:
+        the tower's and the LLM's configs, the placeholder id from the LLM's tokenizer (`choose_image_token`)."""
+        vision_config = AutoConfig.from_pretrained(vision_name_or_path)
+        vision_config = getattr(vision_config, "vision_config", vision_config)  # a full SigLIP/CLIP checkpoint
+        text_config = AutoConfig.from_pretrained(llm_name_or_path)
+        if kwargs.get("image_token_id") is None:
+            kwargs["image_token_id"] = choose_image_token(AutoTokenizer.from_pretrained(llm_name_or_path))[1]
+        return cls(vision_config=vision_config, text_config=text_config, **kwargs)
 
     @property
     def num_vision_tokens(self) -> int:

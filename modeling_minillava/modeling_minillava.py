@@ -12,13 +12,13 @@ import os
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import logging
 
-from .configuration_minillava import MiniLlavaConfig, choose_image_token
+from .configuration_minillava import MiniLlavaConfig
 from .projectors import PerceiverResampler, build_projector
 
 logger = logging.get_logger(__name__)
@@ -265,14 +265,9 @@ class MiniLlavaForConditionalGeneration(MiniLlavaPreTrainedModel, GenerationMixi
         The backbones keep their pretrained weights; only the projector is freshly initialised. `config_kwargs` go
         to `MiniLlavaConfig` (projector_type, vision_feature_layer, image_position, ...). The image placeholder is
         one the LLM's tokenizer reserves (Qwen2.5's `<|image_pad|>`, a Llama-3 reserved token), else the id the
-        processor's added `<image>` token gets (see `choose_image_token`).
+        processor's added `<|image|>` token gets (see `MiniLlavaConfig.from_backbones`).
         """
-        vision_config = AutoConfig.from_pretrained(vision_name_or_path)
-        vision_config = getattr(vision_config, "vision_config", vision_config)  # a full SigLIP/CLIP checkpoint
-        text_config = AutoConfig.from_pretrained(llm_name_or_path)
-        if config_kwargs.get("image_token_id") is None:
-            config_kwargs["image_token_id"] = choose_image_token(AutoTokenizer.from_pretrained(llm_name_or_path))[1]
-        config = MiniLlavaConfig(vision_config=vision_config, text_config=text_config, **config_kwargs)
+        config = MiniLlavaConfig.from_backbones(vision_name_or_path, llm_name_or_path, **config_kwargs)
         load = {"dtype": dtype, "attn_implementation": attn_implementation}
         load = {k: v for k, v in load.items() if v is not None}
         with torch.device("meta"):  # skeleton only: the pretrained modules replace it, no weights built twice

@@ -1,0 +1,107 @@
+"""Check every row of a split before training: drop what would fail later, count it by reason, name it in a report.
+
+A run then never dies hours in on one corrupt image or malformed row. The rule for a row is the training collator's
+own (`check_row`: images decode fully, messages render with the chat template, the answer is labelled, the row fits
+`max_length`), handed in as a function so this module stays free of tensors and tokenizers.
+"""
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable
+
+from datasets import Image, List
+
+logger = logging.getLogger(__name__)
+REASON, DETAIL = "_check_reason", "_check_detail"
+
+
+def check_rows(
+    ds,
+    check_row: Callable[[dict], tuple[str, str] | None],
+    *,
+    name: str,
+    settings: str,
+    cache_dir: str | None = None,
+    num_proc: int | None = None,
+):
+    """(rows that pass, images undecoded; report). `settings` names what the verdicts depend on besides the data
+    (template, tokens per image, max_length): verdicts are cached in `cache_dir` under the dataset fingerprint + those
+    settings, so a resumed run does not check again. The report: {"split", "rows", "kept", "dropped": {reason: n},
+    "rows_dropped": [{"index", "id", "reason", "detail"}]}."""
+    ds = undecoded_images(ds)
+    key = hashlib.sha256(f"{ds._fingerprint}:{settings}".encode()).hexdigest()[:24]
+    cache = os.path.join(cache_dir, f"{name}-{key}.json") if cache_dir else None
+    if cache and os.path.exists(cache):
+        with open(cache) as f:
+            report = json.load(f)
+        logger.info(f"Data check of {name}: cached verdicts ({cache}).")
+    else:
+        report = _check(ds, check_row, name, num_proc)
+        if cache:
+            os.makedirs(cache_dir, exist_ok=True)
+            with open(cache, "w") as f:
+                json.dump(report, f, indent=1)
+    bad = {r["index"] for r in report["rows_dropped"]}
+    kept = ds.select([i for i in range(len(ds)) if i not in bad]) if bad else ds
+    return kept, report
+
+
+def undecoded_images(ds):
+    """The same rows with `images` left as encoded bytes ({"bytes", "path"}): datasets would otherwise decode them
+    while reading a row, where one corrupt file raises before anyone can drop the row. The collator decodes them,
+    once, when it builds a batch."""
+    feature = ds.features.get("images")
+    if isinstance(feature, List) and isinstance(feature.feature, Image) and feature.feature.decode:
+        return ds.cast_column("images", List(Image(decode=False)))
+    return ds
+
+
+def _check(ds, check_row, name: str, num_proc: int | None) -> dict:
+    def verdict(row):
+        result = check_row(row)
+        return {REASON: result[0] if result else "", DETAIL: result[1] if result else ""}
+
+    # In memory: a cache file written next to a save_to_disk dataset would later be read as data by load_dataset.
+    verdicts = ds.map(
+        verdict,
+        num_proc=num_proc if num_proc and num_proc > 1 and len(ds) >= 2 * num_proc else None,
+        keep_in_memory=True,
+        load_from_cache_file=False,
+        desc=f"Checking {name} rows",
+    ).select_columns([REASON, DETAIL] + (["id"] if "id" in ds.column_names else []))
+    dropped = [
+        {"index": i, "id": v.get("id"), "reason": v[REASON], "detail": v[DETAIL]}
+        for i, v in enumerate(verdicts)
+        if v[REASON]
+    ]
+    return {
+        "split": name,
+        "rows": len(ds),
+        "kept": len(ds) - len(dropped),
+        "dropped": dict(Counter(r["reason"] for r in dropped)),
+        "rows_dropped": dropped,
+    }
+
+
+def enforce_skip_fraction(reports: list[dict], max_skip_fraction: float, report_path: str) -> None:
+    """Refuse to start when more than `max_skip_fraction` of any split's rows are bad (a wrong setting, not a few
+    bad rows); otherwise log what was dropped."""
+    for report in reports:
+        n_dropped = report["rows"] - report["kept"]
+        if not n_dropped:
+            continue
+        share = n_dropped / max(report["rows"], 1)
+        ids = [r["id"] for r in report["rows_dropped"][:5]]
+        message = (
+            f"Data check of {report['split']}: {n_dropped} of {report['rows']} rows dropped ({share:.1%}) by reason "
+            f"{report['dropped']}, e.g. ids {ids}; every one is listed in {report_path}."
+        )
+        if share > max_skip_fraction:
+            raise ValueError(
+                f"{message} That is more than max_skip_fraction={max_skip_fraction:.1%}: fix the data or the setting "
+                "the reasons point at (e.g. raise max_length for too_long) before training."
+            )
+        logger.warning(message)

@@ -1,0 +1,99 @@
+"""The data check before training: a 200-row run with one corrupt image, one truncated PNG and one over-long row trains
+on the other 197 and names the three in data_check.json; too many bad rows refuse the run before any model is built;
+verdicts are cached by dataset fingerprint."""
+
+import json
+
+import datasets
+import pytest
+import yaml
+
+import run_sft
+from data_scripts.check_rows import check_rows, undecoded_images
+from data_scripts.make_synthetic import build_synthetic
+from data_scripts.schema import load_dataset_dir
+
+N_ROWS = 200
+BAD = {"corrupt": 17, "truncated": 101, "long": 150}  # row index -> what is wrong with it
+
+
+@pytest.fixture(scope="module")
+def bad_data(tmp_path_factory) -> str:
+    """200 train rows in our schema (the synthetic rows repeated, ids unique) with three bad ones."""
+    root = tmp_path_factory.mktemp("bad_data")
+    build_synthetic(str(root / "synthetic"), n=60, seed=1)
+    train = undecoded_images(load_dataset_dir(str(root / "synthetic"))["train"])
+    rows = [dict(train[i % len(train)], id=f"row-{i:03d}") for i in range(N_ROWS)]
+    png = rows[BAD["truncated"]]["images"][0]["bytes"]
+    rows[BAD["corrupt"]]["images"] = [{"bytes": bytes(range(256)) * 8, "path": None}]
+    rows[BAD["truncated"]]["images"] = [{"bytes": png[: len(png) // 3], "path": None}]
+    long_answer = " ".join(["Acme Corp invoice total"] * 40)
+    rows[BAD["long"]]["messages"][1]["content"][0]["text"] = long_answer
+    split = datasets.Dataset.from_list(rows, features=train.features)
+    out = root / "bad"
+    datasets.DatasetDict({"train": split}).save_to_disk(str(out))
+    return str(out)
+
+
+def write_recipe(path, backbones, data, output_dir, **overrides) -> str:
+    recipe = {
+        "vision_name": backbones["vision-siglip"],
+        "llm_name": backbones["llm-qwen2"],
+        "datasets": [{"path": data, "split": "train"}],
+        "eval_split": None,
+        "output_dir": str(output_dir),
+        "use_cpu": True,
+        "bf16": False,
+        "gradient_checkpointing": False,
+        "per_device_train_batch_size": 4,
+        "max_steps": 2,
+        "max_length": 160,  # normal rows are ~100 tokens; the long answer pushes one past it
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "seed": 0,
+        **overrides,
+    }
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def test_run_trains_on_the_good_rows_and_names_the_bad_ones(backbones, bad_data, tmp_path):
+    out = tmp_path / "run"
+    summary = run_sft.main([write_recipe(tmp_path / "r.yaml", backbones, bad_data, out)])
+    assert summary["train_rows"] == N_ROWS - 3
+    assert sum(summary["collator"]["skipped"].values()) == 0 and summary["collator"]["all_masked"] == 0
+    report = json.loads((out / "data_check.json").read_text())
+    (train,) = report["splits"]
+    assert (train["rows"], train["kept"]) == (N_ROWS, N_ROWS - 3)
+    assert train["dropped"] == {"unreadable_image": 2, "too_long": 1}
+    named = {r["id"]: r["reason"] for r in train["rows_dropped"]}
+    assert named == {"row-017": "unreadable_image", "row-101": "unreadable_image", "row-150": "too_long"}
+    assert "max_length=160" in next(r["detail"] for r in train["rows_dropped"] if r["reason"] == "too_long")
+
+
+def test_more_bad_rows_than_max_skip_fraction_refuse_the_run_before_any_model(
+    backbones, bad_data, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(run_sft, "build_model", lambda *a, **k: pytest.fail("a model was built"))
+    recipe = write_recipe(tmp_path / "r.yaml", backbones, bad_data, tmp_path / "run", max_skip_fraction=0.01)
+    with pytest.raises(ValueError, match=r"3 of 200 rows dropped \(1\.5%\).*more than max_skip_fraction=1\.0%"):
+        run_sft.main([recipe])
+    assert json.loads((tmp_path / "run" / "data_check.json").read_text())["splits"][0]["kept"] == N_ROWS - 3
+
+
+def test_verdicts_are_cached_by_fingerprint_and_settings(bad_data, tmp_path):
+    ds = load_dataset_dir(bad_data)["train"].select(range(20))
+    calls = []
+
+    def check(row):
+        calls.append(row["id"])
+        return ("bad", "test") if row["id"] == "row-017" else None
+
+    kept, report = check_rows(ds, check, name="train", settings="a", cache_dir=str(tmp_path))
+    assert len(calls) == 20 and len(kept) == 19 and report["dropped"] == {"bad": 1}
+    again, cached = check_rows(ds, check, name="train", settings="a", cache_dir=str(tmp_path))
+    assert len(calls) == 20 and cached == report and again["id"] == kept["id"]
+    check_rows(ds, check, name="train", settings="b", cache_dir=str(tmp_path))  # other settings: checked again
+    assert len(calls) == 40
