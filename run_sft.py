@@ -103,6 +103,9 @@ def check_types(*configs) -> None:
             value, hint = getattr(cfg, f.name), hints.get(f.name)
             is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
             allowed = typing.get_args(hint) if is_union else (hint,)
+            if isinstance(value, str) and any(typing.get_origin(t) is list or t is list for t in allowed):
+                # YAML `lora_target_modules: q_proj` would otherwise be split into characters
+                raise ValueError(f"Recipe key {f.name!r} is a list: write [{value}], got the bare string {value!r}.")
             simple = [t for t in allowed if t in (int, float, bool, str)]
             if value is None or not simple or len(simple) != len([t for t in allowed if t is not type(None)]):
                 continue
@@ -111,6 +114,23 @@ def check_types(*configs) -> None:
             if not ok:
                 names = "/".join(t.__name__ for t in simple)
                 raise ValueError(f"Recipe key {f.name!r} must be {names}, got {value!r} ({type(value).__name__}).")
+
+
+def looks_local(name: str) -> bool:
+    """A path rather than a Hub id (`org/name`): absolute, ./ ../ ~, deeper than org/name, or its first part is a
+    folder here (outputs/stage1)."""
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
+        return True
+    return "/" in name and os.path.isdir(name.split("/")[0])
+
+
+def check_local_paths(model_args, data_args) -> None:
+    """A local path that does not exist gets "no such folder" now, not a Hub error about repo ids after loading."""
+    named = [(key, getattr(model_args, key)) for key in ("vision_name", "llm_name", "init_from")]
+    named += [("datasets[].path", cfg.path) for cfg in data_args.datasets or []]
+    for key, value in named:
+        if value and looks_local(value) and not os.path.exists(os.path.expanduser(value)):
+            raise ValueError(f"Recipe key {key!r}: no such folder {value!r} (cwd: {os.getcwd()}).")
 
 
 def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, SFTConfig]:
@@ -125,7 +145,7 @@ def parse_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, SFTConfi
         model_args, data_args, training_args = parser.parse_args_and_config(argv)
     except argparse.ArgumentError as error:  # e.g. `lora_r: eight`; argparse would sys.exit() from inside main()
         raise ValueError(f"Bad recipe or flag value: {error}.") from error
-    check_types(model_args, data_args)
+    check_types(model_args, data_args, training_args)
     if not data_args.datasets:
         raise ValueError("The recipe lists no `datasets`; add e.g. `datasets: [{path: data/synthetic}]`.")
     if not (model_args.init_from or (model_args.vision_name and model_args.llm_name)):
@@ -395,6 +415,7 @@ def run_info(model_args, data_args, training_args, fingerprints) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
+    check_local_paths(model_args, data_args)  # here, not in parse_args: recipes name outputs of earlier stages
     logging.basicConfig(level=logging.INFO if training_args.process_index == 0 else logging.WARNING)
     if "mlflow" in (training_args.report_to or []) and "MLFLOW_TRACKING_URI" not in os.environ:
         os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///" + os.path.abspath(
