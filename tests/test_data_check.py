@@ -97,3 +97,16 @@ def test_verdicts_are_cached_by_fingerprint_and_settings(bad_data, tmp_path):
     assert len(calls) == 20 and cached == report and again["id"] == kept["id"]
     check_rows(ds, check, name="train", settings="b", cache_dir=str(tmp_path))  # other settings: checked again
     assert len(calls) == 40
+
+
+def test_without_max_length_rows_beyond_the_llms_context_are_dropped(backbones, bad_data, tmp_path):
+    """`max_length: null`: the LLM's own context (4096 for the tiny Qwen2) is the limit, so a 20,000-token row is
+    dropped before training instead of allocating tens of GB at its first step."""
+    path = write_recipe(tmp_path / "r.yaml", backbones, bad_data, tmp_path / "run", max_length=None)
+    model_args, data_args, training_args = run_sft.parse_args([path])
+    processor, config = run_sft.build_processor(model_args)
+    collator = run_sft.build_collator(model_args, data_args, training_args, processor, config)
+    assert collator.max_length == config.text_config.max_position_embeddings == 4096
+    row = dict(undecoded_images(load_dataset_dir(bad_data)["train"])[0])
+    row["messages"][1]["content"][0]["text"] = "Acme Corp invoice total " * 5000
+    assert collator.check_row(row)[0] == "too_long"
