@@ -19,16 +19,31 @@ Writes to --output_dir: eval_results.json, predictions.jsonl (one line per quest
   threshold): what training taught.
 - auc, cov@r, phi@c: metrics/selective_vqa on (confidence, raw score) over all rows; phi@c needs a threshold split.
 Confidence = exp(mean log-prob of the answer tokens, stop token excluded) from the raw logits (metrics/confidence.py).
+
+A row whose image cannot be decoded (corrupt or truncated file) does not stop the run: it is named in a log line and
+scored as a failure: empty answer, confidence 0, score and final score 0, no abstention (it made no decision: on an
+unanswerable row it lowers abstain recall and counts in hallucination_rate), error_tag `unreadable_image`, the
+decoder's message in `image_error`. It stays in every denominator above and is shown first in the gallery;
+counts.unreadable_images (threshold_unreadable_images for the threshold split) says how many.
+
+Predictions are appended to the .jsonl files batch by batch (flushed), each line final when written (the threshold
+split is generated first, so the threshold is known): a crash leaves every finished row on disk, and
+eval_results.json, written last, is missing. A rerun with the same output_dir STARTS OVER: it removes the earlier
+run's artefacts there first, so the folder never mixes two runs.
 """
 
 import json
 import os
+import re
+import struct
 import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import torch
+from datasets import Image
+from PIL import Image as PILImage
 from tqdm.auto import tqdm
 
 from data_scripts.manifest import git_state
@@ -56,6 +71,15 @@ METRIC_FNS = {
     "vqa_accuracy": vqa_accuracy_scores,
     "relaxed_accuracy": relaxed_accuracy_scores,
 }
+# What decoding one bad file raises (UnidentifiedImageError is an OSError; truncation is OSError or SyntaxError).
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, PILImage.DecompressionBombError)
+ARTEFACTS = (
+    "eval_results.json",
+    "predictions.jsonl",
+    "threshold_predictions.jsonl",
+    "failures.html",
+    "risk_coverage.png",
+)
 
 
 @dataclass
@@ -101,7 +125,7 @@ def resolve_dataset_name(name: str | None, dataset: str, splits) -> str:
     if name is None and os.path.exists(os.path.join(dataset, MANIFEST_NAME)):
         name = load_manifest(dataset).get("converter")
     if name is None:
-        name = next((ds[0]["source"] for ds in splits.values() if len(ds)), None)
+        name = next((ds.select_columns("source")[0]["source"] for ds in splits.values() if len(ds)), None)
     if name not in EVAL_DATASETS:
         raise ValueError(
             f"unknown dataset name {name!r} for {dataset!r}: pass --dataset_name, one of {sorted(EVAL_DATASETS)}."
@@ -155,68 +179,107 @@ def user_turn(messages: list, suffix: str) -> dict:
     return {"role": "user", "content": content}
 
 
+def undecoded(ds):
+    """The split read as Arrow: `undecoded(ds)[a:b].to_pydict()` gives the columns of rows a..b-1 with images left as
+    {bytes, path} for `read_images` (casting the column instead would rewrite the whole split, images included)."""
+    return ds.with_format("arrow")
+
+
+def read_images(values) -> tuple[list | None, str | None]:
+    """(PIL images, None) for one row's undecoded images, or (None, why) when one cannot be decoded."""
+    try:
+        if not values or any(v is None for v in values):
+            raise ValueError(f"the row has no image ({values!r})")
+        # As datasets decodes (open + full load), so a truncated file raises here and not inside the processor.
+        return [Image().decode_example(v) for v in values], None
+    except IMAGE_ERRORS as error:  # PIL names the in-memory file by address: dropped, so reruns write the same text
+        return None, f"{type(error).__name__}: " + re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(error))
+
+
 @torch.no_grad()
-def generate(model, processor, ds, suffix: str, max_new_tokens: int, batch_size: int, stop_ids: list[int]):
-    """(answers, confidences, token counts, seconds): greedy, left-padded batches, KV cache."""
-    answers, confidences, n_tokens = [], [], []
-    start = time.perf_counter()
+def generate_batches(model, processor, ds, suffix: str, max_new_tokens: int, batch_size: int, stop_ids: list[int]):
+    """Yields (rows, results) per greedy, left-padded batch with KV cache: rows = `ds[a:b]`'s columns, results = one
+    {answer, confidence, num_tokens, image_error} per row. A row whose image does not decode is left out of the batch
+    (empty answer, confidence 0, the reason in image_error) and named in the log."""
+    table = undecoded(ds)
     with tqdm(total=len(ds), unit="sample", desc="generate") as bar:
         for first in range(0, len(ds), batch_size):
-            batch = ds[first : first + batch_size]
-            texts = [
-                processor.apply_chat_template([user_turn(m, suffix)], add_generation_prompt=True)
-                for m in batch["messages"]
-            ]
-            inputs = processor(
-                images=batch["images"], text=texts, padding=True, padding_side="left", return_tensors="pt"
-            )
-            inputs = inputs.to(model.device)
-            out = model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                use_cache=True,
-                output_logits=True,
-                return_dict_in_generate=True,
-            )
-            # The one answer -> confidence implementation, shipped with the model's processor (the Space uses it too).
-            # The threshold is applied later (build_records), once it has been fitted.
-            prompt_length = inputs["input_ids"].shape[1]
-            for result in processor.post_process_answers(out, prompt_length, threshold=0.0, stop_token_ids=stop_ids):
-                answers.append(result["answer"])
-                confidences.append(result["confidence"])
-                n_tokens.append(result["num_tokens"])
-            bar.update(len(texts))
-    return answers, confidences, n_tokens, time.perf_counter() - start
+            rows = table[first : first + batch_size].to_pydict()
+            results = [{"answer": "", "confidence": 0.0, "num_tokens": 0, "image_error": None} for _ in rows["id"]]
+            keep, images, texts = [], [], []
+            for i, (row_id, values, messages) in enumerate(zip(rows["id"], rows["images"], rows["messages"])):
+                decoded, results[i]["image_error"] = read_images(values)
+                if decoded is None:
+                    tqdm.write(
+                        f"[eval] row {row_id!r}: unreadable image, scored as a failure ({results[i]['image_error']})"
+                    )
+                    continue
+                keep.append(i)
+                images.append(decoded)
+                texts.append(processor.apply_chat_template([user_turn(messages, suffix)], add_generation_prompt=True))
+            if keep:
+                inputs = processor(images=images, text=texts, padding=True, padding_side="left", return_tensors="pt")
+                inputs = inputs.to(model.device)
+                out = model.generate(
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                    use_cache=True,
+                    output_logits=True,
+                    return_dict_in_generate=True,
+                )
+                # The one answer -> confidence implementation, shipped with the model's processor (the Space uses it
+                # too). The threshold is applied in build_records.
+                prompt_length = inputs["input_ids"].shape[1]
+                answers = processor.post_process_answers(out, prompt_length, threshold=0.0, stop_token_ids=stop_ids)
+                for i, result in zip(keep, answers):
+                    results[i].update({key: result[key] for key in ("answer", "confidence", "num_tokens")})
+            bar.update(len(results))
+            yield rows, results
 
 
-def build_records(ds, answers, confidences, n_tokens, metric: str, threshold: float) -> list[dict]:
-    """One predictions.jsonl record per row: raw and final answer, confidence, scores, error tag."""
-    golds = ds["answers"]
-    abstained = [is_abstained(a, c, threshold) for a, c in zip(answers, confidences)]
+def predict(batches, metric: str, threshold: float, path: str) -> tuple[list[dict], float]:
+    """(records, seconds): build_records per batch, appended to `path` and flushed, so a crash leaves the rows done."""
+    records, start = [], time.perf_counter()
+    with open(path, "w") as f:
+        for rows, results in batches:
+            batch = build_records(rows, results, metric, threshold, offset=len(records))
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in batch)
+            f.flush()
+            records += batch
+    return records, time.perf_counter() - start
+
+
+def build_records(rows: dict, results: list[dict], metric: str, threshold: float, offset: int = 0) -> list[dict]:
+    """One predictions.jsonl record per row of a batch (`rows`: columns as `ds[a:b]` gives them; `offset`: its first
+    index): raw and final answer, confidence, scores, error tag. An unreadable row scores 0 and abstains on nothing."""
+    golds, answers = rows["answers"], [r["answer"] for r in results]
+    readable = [r["image_error"] is None for r in results]
+    abstained = [ok and is_abstained(r["answer"], r["confidence"], threshold) for ok, r in zip(readable, results)]
     finals = [ABSTAIN_ANSWER if flag else a for a, flag in zip(answers, abstained)]
     scores, final_scores = METRIC_FNS[metric](answers, golds), METRIC_FNS[metric](finals, golds)
     records = []
-    for i, row in enumerate(ds.select_columns(["id", "messages", "answerable", "question_type", "meta"])):
+    for i, result in enumerate(results):
         record = {
-            "index": i,
-            "id": row["id"],
-            "question_type": row["question_type"],
-            "answerable": row["answerable"],
-            "question": user_turn(row["messages"], "")["content"][-1]["text"],
+            "index": offset + i,
+            "id": rows["id"][i],
+            "question_type": rows["question_type"][i],
+            "answerable": rows["answerable"][i],
+            "question": user_turn(rows["messages"][i], "")["content"][-1]["text"],
             "golds": golds[i],
             "answer": answers[i],
-            "answer_tokens": n_tokens[i],
-            "confidence": confidences[i],
+            "answer_tokens": result["num_tokens"],
+            "confidence": result["confidence"],
             "abstained": abstained[i],
             "final_answer": finals[i],
-            "score": scores[i],
-            "final_score": final_scores[i],
+            "score": scores[i] if readable[i] else 0.0,
+            "final_score": final_scores[i] if readable[i] else 0.0,
             "error_tag": None,
+            "image_error": result["image_error"],
         }
         if record["final_score"] < 1.0:
-            record["error_tag"] = tag_failure(record, parse_meta(row["meta"]))
+            record["error_tag"] = tag_failure(record, parse_meta(rows["meta"][i]))
         records.append(record)
     return records
 
@@ -235,7 +298,7 @@ def compute_metrics(records: list[dict], metric: str, fit_records: list[dict] | 
         result["abstain_rate"] = mean([float(r["abstained"]) for r in records])
         # The model's own abstentions (it said the abstention answer or nothing), before any confidence threshold:
         # what training taught, separate from the post-hoc threshold policy above.
-        said = [is_abstained(r["answer"], 1.0, 0.0) for r in records]
+        said = [r["image_error"] is None and is_abstained(r["answer"], 1.0, 0.0) for r in records]
         own = abstention_scores(said, [r["answerable"] for r in records])
         result.update({f"model_{k}": v for k, v in own.items()})
     if len(records) >= 2:  # the risk-coverage AUC needs two points
@@ -278,11 +341,6 @@ def save_threshold(folder: str, threshold: float, generation_config) -> str:
     return path
 
 
-def write_jsonl(path: str, records: list[dict]) -> None:
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-
-
 def default_output_dir(target: str, name: str, split: str) -> str:
     if os.path.isdir(target):
         return os.path.join(target, "eval", f"{name}-{split}")
@@ -301,13 +359,14 @@ def check_threshold_args(args: EvalArguments, target: str) -> None:
         )
 
 
-def choose_threshold(args: EvalArguments, gen, fit_ds, metric: str, generation_config):
+def choose_threshold(args: EvalArguments, gen, fit_ds, metric: str, generation_config, output_dir: str):
     """(threshold, source, held-out records or None, fit summary or None): fitted, given, saved in the model, or 0."""
     if fit_ds is not None:
-        answers, confidences, n_tokens, _ = gen(fit_ds)
-        fit_records = build_records(fit_ds, answers, confidences, n_tokens, metric, threshold=0.0)
+        path = os.path.join(output_dir, "threshold_predictions.jsonl")
+        fit_records, _ = predict(gen(fit_ds), metric, 0.0, path)
+        column = lambda key: [r[key] for r in fit_records]
         threshold, reward = fit_abstain_threshold(
-            answers, confidences, fit_ds["answerable"], [r["score"] for r in fit_records], cost=args.threshold_cost
+            column("answer"), column("confidence"), column("answerable"), column("score"), cost=args.threshold_cost
         )
         summary = {
             "split": args.threshold_split,
@@ -326,8 +385,13 @@ def choose_threshold(args: EvalArguments, gen, fit_ds, metric: str, generation_c
 
 def write_gallery_and_plot(records, ds, threshold: float, gallery_size: int, output_dir: str, title: str):
     """failures.html (the worst `gallery_size` failures) and risk_coverage.png; returns (shown, failure counts)."""
-    selected = select_failures(records, gallery_size)
-    images = {r["id"]: ds[r["index"]]["images"][0] for r in selected}
+    selected, table = select_failures(records, gallery_size), undecoded(ds)
+    decoded = {
+        r["id"]: read_images(table[r["index"]].column("images")[0].as_py())[0]
+        for r in selected
+        if r["image_error"] is None
+    }
+    images = {row_id: found[0] for row_id, found in decoded.items() if found}
     failure_counts = Counter(r["error_tag"] for r in records if r["error_tag"])
     with open(os.path.join(output_dir, "failures.html"), "w") as f:
         f.write(render_gallery(selected, images, failure_counts, f"Failures: {title}"))
@@ -349,9 +413,11 @@ def count_rows(records, failure_counts, shown: int, fit_records) -> dict:
         "unanswerable": sum(not r["answerable"] for r in records),
         "abstained": sum(r["abstained"] for r in records),
         "empty_answers": sum(not r["answer"] for r in records),
+        "unreadable_images": sum(r["image_error"] is not None for r in records),
         "failures": sum(failure_counts.values()),
         "gallery": shown,
         "threshold_rows": len(fit_records or []),
+        "threshold_unreadable_images": sum(r["image_error"] is not None for r in fit_records or []),
     }
 
 
@@ -370,18 +436,18 @@ def run_eval(args: EvalArguments) -> dict:
     eos = generation_config.eos_token_id
     stop_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
     max_new_tokens = args.max_new_tokens or spec["max_new_tokens"]
-    gen = lambda rows: generate(
+    gen = lambda rows: generate_batches(
         model, processor, rows, spec["prompt_suffix"], max_new_tokens, args.batch_size, stop_ids
     )
-    answers, confidences, n_tokens, seconds = gen(ds)
+    for artefact in ARTEFACTS:  # start over: a crash of this run must not leave the last run's results beside it
+        if os.path.exists(os.path.join(output_dir, artefact)):
+            os.remove(os.path.join(output_dir, artefact))
     threshold, source, fit_records, threshold_fit = choose_threshold(
-        args, gen, fit_ds, spec["metric"], generation_config
+        args, gen, fit_ds, spec["metric"], generation_config, output_dir
     )
-    records = build_records(ds, answers, confidences, n_tokens, spec["metric"], threshold)
+    predictions = os.path.join(output_dir, "predictions.jsonl")
+    records, seconds = predict(gen(ds), spec["metric"], threshold, predictions)
     metrics = compute_metrics(records, spec["metric"], fit_records)
-    write_jsonl(os.path.join(output_dir, "predictions.jsonl"), records)
-    if fit_records:
-        write_jsonl(os.path.join(output_dir, "threshold_predictions.jsonl"), fit_records)
     if args.save_threshold:
         threshold_fit = {**(threshold_fit or {}), "saved_to": save_threshold(target, threshold, generation_config)}
     title = f"{os.path.basename(os.path.normpath(target))} on {name}/{args.split}"
@@ -438,7 +504,8 @@ def run_eval(args: EvalArguments) -> dict:
         push_model_card(card, args.push_to_hub)
     print(
         f"[eval] {name}/{args.split}: {len(records)} rows, {results['samples_per_second']:.2f} samples/s; "
-        f"{spec['metric']} {metrics[spec['metric']]}; threshold {threshold:.4f} ({source}); -> {output_dir}"
+        f"{spec['metric']} {metrics[spec['metric']]}; threshold {threshold:.4f} ({source}); "
+        f"{results['counts']['unreadable_images']} unreadable images (scored as failures); -> {output_dir}"
     )
     return results
 

@@ -2,7 +2,7 @@
 the worst cases (thumbnails embedded as base64 PNG), grouped by tag with counts, and the risk-coverage plot (PNG).
 
 Records are the dicts of predictions.jsonl (see run_eval.py). A failure is a question whose FINAL answer (after the
-abstention decision) scores below 1.
+abstention decision) scores below 1; a row whose image could not be decoded is one too (`image_error` says why).
 """
 
 import base64
@@ -15,9 +15,11 @@ from metrics.anls.anls import anls_score
 from metrics.exact_match.exact_match import normalize_answer
 from metrics.selective_vqa.selective_vqa import risk_coverage_auc, risk_coverage_curve
 
+UNREADABLE_IMAGE = "unreadable_image"
 # Checked in this order, first match wins. Question types go before string heuristics: the skill that failed is
 # what the question asked for (a count of "3" that happens to equal some rendered quantity is a counting error).
 ERROR_TAGS = {
+    UNREADABLE_IMAGE: "the row's image could not be decoded (corrupt or truncated file): no answer, scored 0",
     "hallucinated_answer": "an unanswerable question got an answer",
     "false_abstention": "an answerable question got an abstention (said, empty, or under the threshold)",
     "counting": "wrong count (question_type counting)",
@@ -46,6 +48,8 @@ def rendered_values(meta: dict) -> set[str]:
 
 def tag_failure(record: dict, meta: dict | None = None) -> str:
     """The error-taxonomy tag (a key of ERROR_TAGS) of one failed record; meta = the row's parsed meta JSON."""
+    if record.get("image_error"):
+        return UNREADABLE_IMAGE
     if not record["answerable"]:
         return "hallucinated_answer"
     if record["abstained"]:
@@ -61,9 +65,11 @@ def tag_failure(record: dict, meta: dict | None = None) -> str:
 
 
 def select_failures(records: list[dict], size: int) -> list[dict]:
-    """The `size` worst failures: lowest final score, then most confident (confidently wrong first), then order."""
+    """The `size` worst failures: unreadable rows first (the data needs fixing before the numbers mean anything), then
+    lowest final score, then most confident (confidently wrong first), then order."""
     failures = [r for r in records if r["final_score"] < 1.0]
-    return sorted(failures, key=lambda r: (r["final_score"], -r["confidence"], r["index"]))[:size]
+    key = lambda r: (r["error_tag"] != UNREADABLE_IMAGE, r["final_score"], -r["confidence"], r["index"])
+    return sorted(failures, key=key)[:size]
 
 
 def thumbnail_data_uri(image, max_side: int = 320) -> str:
@@ -78,6 +84,7 @@ def thumbnail_data_uri(image, max_side: int = 320) -> str:
 _STYLE = """body{font-family:sans-serif;margin:1.5em;color:#111}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:.2em .6em}.cases{display:flex;flex-wrap:wrap;gap:1em}
 .case{border:1px solid #ddd;border-radius:6px;padding:.6em;width:340px}.case img{max-width:320px;display:block}
+.no-image{width:320px;height:120px;background:#eee;color:#555;display:flex;align-items:center;justify-content:center}
 dt{font-weight:bold;float:left;clear:left;width:6.5em}dd{margin-left:7em}"""
 
 
@@ -93,7 +100,13 @@ def _case_html(record: dict, image_uri: str | None) -> str:
         ("type", record["question_type"]),
         ("tag", record["error_tag"]),
     ]
-    image = f'<img alt="{html.escape(record["id"])}" src="{image_uri}">' if image_uri else ""
+    if record.get("image_error"):
+        rows.append(("image error", record["image_error"]))
+    image = (
+        f'<img alt="{html.escape(record["id"])}" src="{image_uri}">'
+        if image_uri
+        else '<div class="no-image">no image</div>'
+    )
     fields = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in rows)
     return (
         f'<div class="case" data-id="{html.escape(record["id"])}" data-tag="{record["error_tag"]}">{image}'
@@ -104,7 +117,8 @@ def _case_html(record: dict, image_uri: str | None) -> str:
 def render_gallery(selected: list[dict], images: dict, failure_counts: Counter, title: str) -> str:
     """HTML page: a summary table (all failures per tag, shown per tag) and one section per tag with its cases.
 
-    selected: records with `error_tag` (from `select_failures`); images: id -> PIL image (absent ids show none).
+    selected: records with `error_tag` (from `select_failures`); images: id -> PIL image (absent ids show a
+    "no image" placeholder; an unreadable row's `image_error` is listed with its fields).
     """
     shown = Counter(r["error_tag"] for r in selected)
     summary = "".join(
