@@ -199,8 +199,15 @@ def load_manifest(path: str) -> dict:
 
 
 def load_dataset_dir(path: str, **kwargs) -> datasets.DatasetDict:
-    """A built dataset folder (save_to_disk) or a Hub id of a dataset pushed in this schema."""
+    """A built dataset folder (save_to_disk) or a Hub id of a dataset pushed in this schema. `kwargs` (name,
+    data_dir, data_files, ...) go to `load_dataset` for a Hub id; a folder has nothing to select: they are refused."""
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if os.path.isdir(path):
+        if kwargs:
+            raise ValueError(
+                f"{path!r} is a dataset folder (save_to_disk), so {sorted(kwargs)} select nothing in it; drop them "
+                "or point `path` at a Hub dataset."
+            )
         return datasets.load_from_disk(path)
     if os.path.exists(path):
         raise ValueError(f"{path!r} is a file; pass the folder written by a converter or make_synthetic")

@@ -50,3 +50,43 @@ def test_hub_ids_are_not_taken_for_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert not run_sft.looks_local("Qwen/Qwen2.5-1.5B-Instruct") and not run_sft.looks_local("gpt2")
     assert run_sft.looks_local("./gpt2") and run_sft.looks_local("a/b/c") and run_sft.looks_local("~/m")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"datasets": [{"path": "a", "fraction": 0.5}, {"path": "b"}]}, "'fraction' is set for some datasets but not"),
+        ({"streaming": True}, "'streaming: true' is not supported"),
+        ({"test_split_size": 0.1}, "'test_split_size' is not supported"),
+    ],
+)
+def test_mixture_keys_work_as_trl_reads_them_or_are_refused(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        run_sft.parse_args([recipe(tmp_path, **changes)])
+
+
+def test_data_files_select_nothing_in_a_dataset_folder(tmp_path):
+    from data_scripts.schema import load_dataset_dir
+
+    (tmp_path / "data").mkdir()
+    with pytest.raises(ValueError, match=r"is a dataset folder \(save_to_disk\), so \['data_files'\] select nothing"):
+        load_dataset_dir(str(tmp_path / "data"), name=None, data_files="train-*.parquet")
+
+
+@pytest.mark.parametrize(
+    "fractions, sizes", [((0.5, 0.5), (30, 30)), ((0.2, 0.8), (25, 100)), ((None, None), (30, 100))]
+)
+def test_two_datasets_mix_by_fraction_without_oversampling(tmp_path, fractions, sizes):
+    import datasets
+
+    paths = []
+    for name, n in (("a", 30), ("b", 100)):
+        split = datasets.Dataset.from_dict({"id": [f"{name}-{i}" for i in range(n)]})
+        datasets.DatasetDict({"train": split}).save_to_disk(str(tmp_path / name))
+        paths.append(str(tmp_path / name))
+    entries = [{"path": p, **({"fraction": f} if f is not None else {})} for p, f in zip(paths, fractions)]
+    _, data_args, _ = run_sft.parse_args([recipe(tmp_path, datasets=entries)])
+    mixed, _ = run_sft.load_mixture(data_args)
+    ids = mixed["id"]
+    assert (sum(i.startswith("a-") for i in ids), sum(i.startswith("b-") for i in ids)) == sizes
+    assert ids[: sizes[0]] == [f"a-{i}" for i in range(sizes[0])]  # the first rows of each, in order
