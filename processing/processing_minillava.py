@@ -99,7 +99,7 @@ def to_rgb(image) -> Image.Image:
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
         # Absolute levels, never stretched by the image's own range (a blank 16-bit page stays white): 16-bit
         # integers (PIL opens 16-bit PNGs as I;16 or I) scale by 257, floats in [0, 1] by 255, the rest clip.
-        array = np.asarray(image, dtype=np.float64)
+        array = np.asarray(image, dtype=np.float32)
         if image.mode == "F" and array.max() <= 1.0:
             array = array * 255
         elif image.mode != "F" and (image.mode.startswith("I;16") or array.max() > 255):
@@ -350,6 +350,14 @@ class MiniLlavaProcessor(ProcessorMixin):
             }
         return MultiModalData(**data)
 
+    abstain_reasons = ABSTAIN_REASONS  # reason key -> plain words, for whoever shows a decision
+
+    def abstention_reason(self, answer: str, confidence: float, threshold: float, generation_config=None):
+        """The key of ABSTAIN_REASONS that withholds `answer` under `threshold`, or None: the rule post_process_answers
+        applies, for re-deciding without generating again (e.g. a threshold slider moved)."""
+        abstain_answer = getattr(generation_config, "abstain_answer", None) or ABSTAIN_ANSWER
+        return abstention_reason(answer, confidence, threshold, abstain_answer)
+
     def post_process_answers(
         self,
         generated,
@@ -374,13 +382,12 @@ class MiniLlavaProcessor(ProcessorMixin):
         stop_ids = {i for i in stop_token_ids if i is not None}
         if threshold is None:
             threshold = float(getattr(generation_config, "abstain_threshold", None) or 0.0)
-        abstain_answer = getattr(generation_config, "abstain_answer", None) or ABSTAIN_ANSWER
         new_tokens = generated.sequences[:, prompt_length:]  # [B, T_new]
         results = []
         for tokens, logprobs in zip(new_tokens, answer_logprobs(new_tokens, generated.logits, stop_ids)):
             answer = self.tokenizer.decode(tokens[: len(logprobs)], skip_special_tokens=True).strip()
             confidence = confidence_from_logprobs(logprobs)
-            reason = abstention_reason(answer, confidence, threshold, abstain_answer)
+            reason = self.abstention_reason(answer, confidence, threshold, generation_config)
             results.append({"answer": answer, "confidence": confidence, "num_tokens": len(logprobs),
                             "abstained": reason is not None, "reason": reason, "threshold": threshold})  # fmt: skip
         return results

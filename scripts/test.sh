@@ -7,6 +7,8 @@ if ! bash scripts/install_browser.sh; then
   if [ -n "${CI:-}" ]; then exit 1; fi
   echo "WARNING: no chromium on PATH; the browser test will be skipped (it runs in CI)." >&2
 fi
+# Browser screenshots of the demo tests land here (outputs/ is not tracked).
+export MINILLAVA_TEST_ARTEFACTS="${MINILLAVA_TEST_ARTEFACTS:-$PWD/outputs/test-artefacts}"
 # One style, enforced: lint and formatting fail the run before any test does.
 ruff check .
 ruff format --check .

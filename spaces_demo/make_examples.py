@@ -75,20 +75,24 @@ def draw_dialog() -> Image.Image:
     return image
 
 
-# (file name, drawing function, example question)
+DRAWINGS = {"invoice.png": draw_invoice, "login.png": draw_login, "dialog.png": draw_dialog}
+# (file name, example question), as app.py lists them; the last one is not answered by the image: a trained model says
+# so, and the Space shows "Not found in the image" with the reason.
 EXAMPLES = [
-    ("invoice.png", draw_invoice, "What is the total due on this invoice?"),
-    ("login.png", draw_login, "What is written on the blue button?"),
-    ("dialog.png", draw_dialog, "How many files will be deleted?"),
+    ("invoice.png", "What is the total due on this invoice?"),
+    ("login.png", "What is written on the blue button?"),
+    ("dialog.png", "How many files will be deleted?"),
+    ("invoice.png", "What is the phone number on this invoice?"),
 ]
 
 
 def main() -> None:
     EXAMPLES_DIR.mkdir(exist_ok=True)
-    for name, draw, question in EXAMPLES:
+    for name, draw in DRAWINGS.items():
         path = EXAMPLES_DIR / name
         draw().save(path, optimize=True)
-        print(f"{path} ({path.stat().st_size // 1024} KB): {question}")
+        questions = "; ".join(question for file, question in EXAMPLES if file == name)
+        print(f"{path} ({path.stat().st_size // 1024} KB): {questions}")
 
 
 if __name__ == "__main__":
