@@ -12,8 +12,6 @@ import os
 from collections import Counter
 from collections.abc import Callable
 
-from datasets import Image, List
-
 logger = logging.getLogger(__name__)
 REASON, DETAIL = "_check_reason", "_check_detail"
 
@@ -27,11 +25,10 @@ def check_rows(
     cache_dir: str | None = None,
     num_proc: int | None = None,
 ):
-    """(rows that pass, images undecoded; report). `settings` names what the verdicts depend on besides the data
+    """(rows that pass; report). `settings` names what the verdicts depend on besides the data
     (template, tokens per image, max_length): verdicts are cached in `cache_dir` under the dataset fingerprint + those
     settings, so a resumed run does not check again. The report: {"split", "rows", "kept", "dropped": {reason: n},
     "rows_dropped": [{"index", "id", "reason", "detail"}]}."""
-    ds = undecoded_images(ds)
     key = hashlib.sha256(f"{ds._fingerprint}:{settings}".encode()).hexdigest()[:24]
     cache = os.path.join(cache_dir, f"{name}-{key}.json") if cache_dir else None
     if cache and os.path.exists(cache):
@@ -45,35 +42,40 @@ def check_rows(
             with open(cache, "w") as f:
                 json.dump(report, f, indent=1)
     bad = {r["index"] for r in report["rows_dropped"]}
-    kept = ds.select([i for i in range(len(ds)) if i not in bad]) if bad else ds
+    # In memory: an indices file written next to a save_to_disk dataset would later be read as data by load_dataset.
+    kept = ds.select([i for i in range(len(ds)) if i not in bad], keep_in_memory=True) if bad else ds
     return kept, report
 
 
-def undecoded_images(ds):
-    """The same rows with `images` left as encoded bytes ({"bytes", "path"}): datasets would otherwise decode them
-    while reading a row, where one corrupt file raises before anyone can drop the row. The collator decodes them,
-    once, when it builds a batch."""
-    feature = ds.features.get("images")
-    if isinstance(feature, List) and isinstance(feature.feature, Image) and feature.feature.decode:
-        return ds.cast_column("images", List(Image(decode=False)))
-    return ds
-
-
 def _check(ds, check_row, name: str, num_proc: int | None) -> dict:
-    def verdict(row):
-        result = check_row(row)
-        return {REASON: result[0] if result else "", DETAIL: result[1] if result else ""}
+    def verdicts(batch):  # a pyarrow Table: images still encoded, so a corrupt one reaches check_row, not datasets
+        rows = batch.to_pylist()
+        results = [check_row(row) or ("", "") for row in rows]
+        return {
+            REASON: [r[0] for r in results],
+            DETAIL: [r[1] for r in results],
+            "id": [row.get("id") for row in rows],
+        }
 
-    # In memory: a cache file written next to a save_to_disk dataset would later be read as data by load_dataset.
-    verdicts = ds.map(
-        verdict,
-        num_proc=num_proc if num_proc and num_proc > 1 and len(ds) >= 2 * num_proc else None,
-        keep_in_memory=True,
-        load_from_cache_file=False,
-        desc=f"Checking {name} rows",
-    ).select_columns([REASON, DETAIL] + (["id"] if "id" in ds.column_names else []))
+    # Only the small verdict columns are materialised, in memory: casting the images column to decode=False or
+    # keeping a mapped copy would rewrite the whole split (image bytes included) into a cache file next to the data,
+    # where load_dataset would later read it as data.
+    verdicts = (
+        ds.with_format("arrow")
+        .map(
+            verdicts,
+            batched=True,
+            batch_size=64,
+            remove_columns=ds.column_names,
+            num_proc=num_proc if num_proc and num_proc > 1 and len(ds) >= 2 * num_proc else None,
+            keep_in_memory=True,
+            load_from_cache_file=False,
+            desc=f"Checking {name} rows",
+        )
+        .with_format(None)
+    )
     dropped = [
-        {"index": i, "id": v.get("id"), "reason": v[REASON], "detail": v[DETAIL]}
+        {"index": i, "id": v["id"], "reason": v[REASON], "detail": v[DETAIL]}
         for i, v in enumerate(verdicts)
         if v[REASON]
     ]

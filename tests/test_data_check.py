@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import run_sft
-from data_scripts.check_rows import check_rows, undecoded_images
+from data_scripts.check_rows import check_rows
 from data_scripts.make_synthetic import build_synthetic
 from data_scripts.schema import load_dataset_dir
 
@@ -22,14 +22,15 @@ def bad_data(tmp_path_factory) -> str:
     """200 train rows in our schema (the synthetic rows repeated, ids unique) with three bad ones."""
     root = tmp_path_factory.mktemp("bad_data")
     build_synthetic(str(root / "synthetic"), n=60, seed=1)
-    train = undecoded_images(load_dataset_dir(str(root / "synthetic"))["train"])
-    rows = [dict(train[i % len(train)], id=f"row-{i:03d}") for i in range(N_ROWS)]
+    train = load_dataset_dir(str(root / "synthetic"))["train"]
+    encoded = train.cast_column("images", datasets.List(datasets.Image(decode=False)))  # bytes, to break some
+    rows = [dict(encoded[i % len(train)], id=f"row-{i:03d}") for i in range(N_ROWS)]
     png = rows[BAD["truncated"]]["images"][0]["bytes"]
     rows[BAD["corrupt"]]["images"] = [{"bytes": bytes(range(256)) * 8, "path": None}]
     rows[BAD["truncated"]]["images"] = [{"bytes": png[: len(png) // 3], "path": None}]
     long_answer = " ".join(["Acme Corp invoice total"] * 40)
     rows[BAD["long"]]["messages"][1]["content"][0]["text"] = long_answer
-    split = datasets.Dataset.from_list(rows, features=train.features)
+    split = datasets.Dataset.from_list(rows, features=train.features)  # saved as make_synthetic saves: decoded
     out = root / "bad"
     datasets.DatasetDict({"train": split}).save_to_disk(str(out))
     return str(out)
@@ -107,6 +108,6 @@ def test_without_max_length_rows_beyond_the_llms_context_are_dropped(backbones, 
     processor, config = run_sft.build_processor(model_args)
     collator = run_sft.build_collator(model_args, data_args, training_args, processor, config)
     assert collator.max_length == config.text_config.max_position_embeddings == 4096
-    row = dict(undecoded_images(load_dataset_dir(bad_data)["train"])[0])
+    row = dict(load_dataset_dir(bad_data)["train"][0])
     row["messages"][1]["content"][0]["text"] = "Acme Corp invoice total " * 5000
     assert collator.check_row(row)[0] == "too_long"
