@@ -35,15 +35,12 @@ run's artefacts there first, so the folder never mixes two runs.
 import json
 import os
 import re
-import struct
 import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import torch
-from datasets import Image
-from PIL import Image as PILImage
 from tqdm.auto import tqdm
 
 from data_scripts.manifest import git_state
@@ -57,6 +54,7 @@ from metrics.model_card import build_eval_results, push_model_card, write_model_
 from metrics.relaxed_accuracy.relaxed_accuracy import relaxed_accuracy_scores
 from metrics.selective_vqa.selective_vqa import selective_scores
 from metrics.vqa_accuracy.vqa_accuracy import vqa_accuracy_scores
+from processing.collator import IMAGE_DECODE_ERRORS, load_images
 
 LMMS_EVAL_SUFFIX = "\nAnswer the question using a single word or phrase."  # lmms-eval's default post_prompt
 EVAL_DATASETS = {
@@ -71,8 +69,6 @@ METRIC_FNS = {
     "vqa_accuracy": vqa_accuracy_scores,
     "relaxed_accuracy": relaxed_accuracy_scores,
 }
-# What decoding one bad file raises (UnidentifiedImageError is an OSError; truncation is OSError or SyntaxError).
-IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, PILImage.DecompressionBombError)
 ARTEFACTS = (
     "eval_results.json",
     "predictions.jsonl",
@@ -190,9 +186,11 @@ def read_images(values) -> tuple[list | None, str | None]:
     try:
         if not values or any(v is None for v in values):
             raise ValueError(f"the row has no image ({values!r})")
-        # As datasets decodes (open + full load), so a truncated file raises here and not inside the processor.
-        return [Image().decode_example(v) for v in values], None
-    except IMAGE_ERRORS as error:  # PIL names the in-memory file by address: dropped, so reruns write the same text
+        # The collator's decoding (open + full load), so a truncated file raises here and not inside the processor.
+        return load_images(values), None
+    except (
+        IMAGE_DECODE_ERRORS
+    ) as error:  # PIL names the in-memory file by address: dropped, so reruns write the same text
         return None, f"{type(error).__name__}: " + re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(error))
 
 

@@ -4,6 +4,7 @@
 
 import io
 import logging
+import struct
 from collections import Counter
 
 import torch
@@ -47,6 +48,20 @@ class _SkipRow(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason, self.detail = reason, detail
+
+
+# What decoding one bad image file raises: PIL's UnidentifiedImageError and a truncated file are OSError (or
+# SyntaxError), a broken header struct.error or EOFError, more pixels than PIL allows DecompressionBombError, a value
+# that is no image TypeError. The collator and run_eval catch exactly these.
+IMAGE_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    TypeError,
+    EOFError,
+    struct.error,
+    Image.DecompressionBombError,
+)
 
 
 def load_images(images) -> list[Image.Image]:
@@ -127,25 +142,15 @@ class MiniLlavaDataCollator:
     def check_row(self, row: dict) -> tuple[str, str] | None:
         """(reason, detail) when this row would be dropped, else None: the pre-training data check asks this, so a
         run drops bad rows before any model is built, with the collator's own rules."""
-        try:
-            sample = self.encode_row(row)
-        except _SkipRow as skip:
-            return skip.reason, skip.detail
-        if all(label == IGNORE_INDEX for label in sample[1]):
-            return "all_masked", "no assistant turn, so every label is -100"
-        return None
+        return self._encode(row)[1]
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         samples = []  # (ids, labels, images) per kept row
         for row in rows:
             self.stats["seen"] += 1
-            try:
-                sample = self.encode_row(row)
-            except _SkipRow as skip:
-                self._drop(row, skip.reason, skip.detail)
-                continue
-            if all(label == IGNORE_INDEX for label in sample[1]):
-                self._drop(row, "all_masked", "no assistant turn, so every label is -100")
+            sample, problem = self._encode(row)
+            if problem:
+                self._drop(row, *problem)
                 continue
             self.stats["kept"] += 1
             samples.append(sample)
@@ -156,6 +161,16 @@ class MiniLlavaDataCollator:
                 "return an empty batch. Fix the data or the settings named above."
             )
         return self.pad_batch(samples)
+
+    def _encode(self, row: dict):
+        """(sample, None) for a row that trains, or (None, (reason, detail)) for one that is dropped."""
+        try:
+            sample = self.encode_row(row)
+        except _SkipRow as skip:
+            return None, (skip.reason, skip.detail)
+        if all(label == IGNORE_INDEX for label in sample[1]):
+            return None, ("all_masked", "no assistant turn, so every label is -100")
+        return sample, None
 
     def encode_row(self, row: dict) -> tuple[list[int], list[int], list[Image.Image]]:
         """One row -> (ids, labels, images), each image expanded to its placeholders; raises _SkipRow to drop it."""
@@ -172,7 +187,7 @@ class MiniLlavaDataCollator:
                 raise _SkipRow("empty_answer", f"message {turn} (assistant) has no text")
         try:
             images = load_images(row.get("images"))
-        except (OSError, SyntaxError, ValueError, TypeError) as error:  # PIL's UnidentifiedImageError is an OSError
+        except IMAGE_DECODE_ERRORS as error:
             raise _SkipRow("unreadable_image", f"{type(error).__name__}: {error}") from None
         text = self._render(messages, add_generation_prompt=False)
         n_markers = text.count(self.processor.image_token)
