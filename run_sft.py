@@ -395,7 +395,8 @@ def load_mixture(data_args: DataArguments, split_of=lambda cfg: cfg.split, limit
     return mixed, fingerprints
 
 
-def build_model(args: ModelArguments, training_args: SFTConfig):
+def build_model(args: ModelArguments, training_args: SFTConfig, processor=None):
+    """(model, processor); `processor` is one build_processor already made (main checks the data with it first)."""
     dtype = getattr(torch, args.dtype)
     if args.load_in_4bit or args.load_in_8bit:  # parse_args checked that init_from is set
         quant = BitsAndBytesConfig(
@@ -429,7 +430,7 @@ def build_model(args: ModelArguments, training_args: SFTConfig):
         )
     if args.init_from and args.image_position:  # the layout is the processor's; the config records it
         model.config.image_position = args.image_position
-    return model, build_processor(args)[0]
+    return model, processor if processor is not None else build_processor(args)[0]
 
 
 def build_processor(args: ModelArguments):
@@ -638,7 +639,7 @@ def main(argv: list[str] | None = None) -> dict:
     checked = check_data({"train": train_ds, "eval": eval_ds}, collator, training_args, data_args)
     train_ds, eval_ds = checked["train"], checked["eval"]
 
-    model, _ = build_model(model_args, training_args)  # the same processor again; the checked one is kept
+    model, processor = build_model(model_args, training_args, processor)
     use_portable_names(model)
     model = apply_train_plan(model, model_args, training_args.gradient_checkpointing)
     if training_args.gradient_checkpointing:

@@ -128,7 +128,7 @@ class MiniLlavaModel(MiniLlavaPreTrainedModel):
             inputs_embeds = inputs_embeds.masked_scatter(mask, features.reshape(-1, inputs_embeds.shape[-1]))
         elif input_ids is not None and self.config.image_token_id is not None and input_ids.device.type != "meta":
             n_slots = int((input_ids == self.config.image_token_id).sum())
-            if n_slots and (input_ids.shape[1] > 1 or n_slots == input_ids.numel()):
+            if n_slots and input_ids.shape[1] > 1:
                 # A prompt with placeholders but no images; a single decoding step may legitimately sample the id.
                 raise ValueError(f"input_ids hold {n_slots} image placeholder tokens but no pixel_values were given.")
         return inputs_embeds

@@ -11,7 +11,6 @@ import binascii
 import io
 import math
 import os
-import re
 import urllib.request
 
 import numpy as np
@@ -116,10 +115,10 @@ def load_rgb(image) -> Image.Image:
     """
     if isinstance(image, str):
         image = Image.open(image if os.path.isfile(image) else io.BytesIO(read_image_bytes(image)))
-    if isinstance(image, np.ndarray) and not (
-        image.dtype == np.uint8 and image.ndim in (2, 3) and image.shape[-1] in (1, 3, 4)
-    ):
-        return image  # a CHW or float array: the image processor reads it as it is
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 3, 4))):
+            return image  # a CHW or float array: the image processor reads it as it is
+        image = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image  # PIL has no HxWx1 mode
     return to_rgb(image)
 
 
@@ -266,8 +265,8 @@ class MiniLlavaProcessor(ProcessorMixin):
         """Build from the vision tower's image processor and the LLM's tokenizer + chat template.
 
         `config` (the model's MiniLlavaConfig) fixes the number of placeholders per image, the layout and the
-        placeholder id; when that id lies past the tokenizer's vocabulary, `<image>` is added to the tokenizer as a
-        special token (the embedding matrix is never resized: the model looks the id up as 0).
+        placeholder id; when that id lies past the tokenizer's vocabulary, DEFAULT_IMAGE_TOKEN is added to the
+        tokenizer as a special token (the embedding matrix is never resized: the model looks the id up as 0).
         """
         image_processor = AutoImageProcessor.from_pretrained(vision_name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(llm_name_or_path)
@@ -336,7 +335,7 @@ class MiniLlavaProcessor(ProcessorMixin):
 
     def expand_image_tokens(self, text: str) -> str:
         """`text` with each image token expanded to `num_image_tokens` placeholders (what `__call__` tokenizes)."""
-        return re.sub(re.escape(self.image_token), lambda _: self.image_token * self.num_image_tokens, text)
+        return text.replace(self.image_token, self.image_token * self.num_image_tokens)
 
     def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs):
         """Placeholders per image, for serving engines that ask the processor (as LlavaProcessor answers)."""

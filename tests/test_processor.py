@@ -198,3 +198,17 @@ def test_processor_and_config_must_agree_on_the_placeholder(backbones, build):
 def test_image_token_must_be_one_special_token(qwen):
     with pytest.raises(ValueError, match="image_token='<img>' is not a single special token of the tokenizer"):
         MiniLlavaProcessor(qwen.image_processor, qwen.tokenizer, num_image_tokens=4, image_token="<img>")
+
+
+def test_uint8_arrays_of_every_layout_load_as_rgb():
+    from processing.processing_minillava import load_rgb
+
+    for array in (
+        np.full((5, 7), 100, np.uint8),
+        np.full((5, 7, 1), 100, np.uint8),
+        np.full((5, 7, 3), 100, np.uint8),
+    ):
+        image = load_rgb(array)
+        assert (image.mode, image.size, image.getpixel((0, 0))) == ("RGB", (7, 5), (100, 100, 100))
+    chw = np.zeros((3, 5, 7), np.float32)
+    assert load_rgb(chw) is chw  # left to the image processor
