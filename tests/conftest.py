@@ -33,3 +33,20 @@ def build(backbones):
         return model, processor
 
     return _build
+
+
+@pytest.fixture(scope="session")
+def save_quiet_model(build):
+    """save_quiet_model(folder) -> folder: the tiny Qwen2 model + processor saved there, its "\n" logit zeroed (the
+    random tiny LM says "\n" to everything), so answers show visible tokens."""
+
+    def _save(folder) -> str:
+        model, processor = build(seed=0)
+        (newline,) = processor.tokenizer("\n", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            model.get_output_embeddings().weight[newline] = 0
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        return str(folder)
+
+    return _save

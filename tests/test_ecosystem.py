@@ -40,16 +40,9 @@ def synthetic(work) -> str:
 
 
 @pytest.fixture(scope="module")
-def model_dir(build, work) -> str:
+def model_dir(save_quiet_model, work) -> str:
     """A tiny random model + processor saved with save_pretrained: what a stage-1 run leaves for stage 2."""
-    model, processor = build(seed=0)
-    (newline,) = processor.tokenizer.encode("\n")
-    with torch.no_grad():  # the random tiny LM says "\n" to everything: silenced so greedy answers are visible text
-        model.get_output_embeddings().weight[newline] = 0
-    path = str(work / "stage1")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return save_quiet_model(work / "stage1")
 
 
 @pytest.fixture(scope="module")
