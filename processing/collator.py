@@ -1,11 +1,13 @@
-"""MiniLlavaDataCollator: canonical chat rows -> a padded training batch whose labels cover only the assistant answers
-(+ their end-of-turn token), located in token space with the processor's own chat template.
+"""MiniLlavaDataCollator: canonical chat rows -> a padded (or padding-free packed) training batch whose labels cover
+only the assistant answers (+ their end-of-turn token), located in token space with the processor's own chat template.
 """
 
 import io
+import itertools
 import logging
 import struct
 from collections import Counter
+from typing import NamedTuple
 
 import torch
 from jinja2 import TemplateError
@@ -17,10 +19,15 @@ logger = logging.getLogger(__name__)
 LOGGED_ROWS_PER_REASON = 10  # dropped rows named in the log per reason; the counters carry the rest
 
 IGNORE_INDEX = -100
+TOO_LONG_POLICIES = ("skip", "truncate")
 # Why a row was dropped -> the likely cause, used in the error raised when too many rows are dropped.
 SKIP_HINTS = {
     "too_long": "max_length is smaller than these rows (each image takes num_image_tokens placeholders); raise "
-    "max_length or filter long rows in the data script",
+    "max_length, filter long rows in the data script, or keep their start with too_long='truncate'",
+    "image_beyond_max_length": "too_long='truncate' would cut through (or drop) an image's placeholders, which cannot "
+    "be matched to its features; raise max_length, or put images before the text (image_position='prefix')",
+    "answer_beyond_max_length": "too_long='truncate' would keep no answer token (the prompt alone fills max_length); "
+    "raise max_length or shorten the prompts",
     "tokenization_mismatch": "the prompt rendered with add_generation_prompt=True does not tokenize as a prefix of "
     "the finished conversation (chat template renders the generation prompt differently, or BPE merges across the "
     "prompt/answer boundary); check processor.chat_template",
@@ -42,6 +49,15 @@ def _text_of(content) -> str:
         return content
     parts = content if isinstance(content, list) else []
     return "".join(p.get("text") or "" for p in parts if isinstance(p, dict) and p.get("type") == "text")
+
+
+class Sample(NamedTuple):
+    """One encoded row: ids with each image expanded to its placeholders, labels, its images, whether it was cut."""
+
+    ids: list[int]
+    labels: list[int]
+    images: list[Image.Image]
+    truncated: bool = False
 
 
 class _SkipRow(Exception):
@@ -85,14 +101,27 @@ class MiniLlavaDataCollator:
     out the prompt before that turn (`add_generation_prompt=True`) and checking that its ids are a prefix of the full
     conversation's ids. Everything else (system, user turns, template tokens, image placeholders, padding) is -100.
 
+    Rows longer than `max_length`: `too_long="skip"` drops them (reason `too_long`). `too_long="truncate"` keeps
+    their first `max_length` tokens and counts them in `stats["truncated"]`; the labels are exactly the assistant
+    tokens among those (a cut answer loses its end-of-turn). A cut that would split or drop an image's placeholders
+    (`image_beyond_max_length`) or keep no answer token (`answer_beyond_max_length`) drops the row instead.
+
+    Padding-free (`padding_free=True`), as TRL's `DataCollatorForLanguageModeling(padding_free=True)`: the kept rows
+    are laid end to end in ONE row: `input_ids`, `labels`, `position_ids` [1, sum(L_i)] with positions restarting at 0
+    per row and each row's first label -100 (no target across rows), no `attention_mask`, plus the varlen kernels'
+    `cu_seq_lens_q/k`, `max_length_q/k` and `seq_idx`; `pixel_values` hold every image in row order. Attention stays
+    inside each row: flash attention reads `cu_seq_lens_*`; sdpa, eager and flex build a block-diagonal mask from
+    `position_ids` (transformers' `find_packed_sequence_indices`) only when the forward has NO cache, so call the model
+    with `use_cache=False` (TRL's SFTTrainer does; a plain `model(**batch)` takes the text config's `use_cache=True`,
+    builds an empty cache and lets rows attend to each other).
+
     Dropped rows (never silently): a row is skipped, counted in `stats["skipped"][reason]` and logged once per reason
-    when it is too long (`too_long`: no truncation, because cutting could split an image or drop every answer),
-    its prompt is not a token prefix (`tokenization_mismatch`), no stop id ends an assistant turn (`no_end_of_turn`),
-    its images do not match its image parts (`image_count_mismatch`) or the template fails (`render_error`). Rows with
-    no assistant turn have all-masked labels: counted in `stats["all_masked"]` and dropped too (they add no loss, and
-    a batch of only such rows would give a NaN loss). A batch returns the rows that are left (so its size may shrink);
-    if none is left, or once `min_rows_before_check` rows were seen and more than `max_skip_fraction` of them were
-    dropped, a RuntimeError names the counts and the likely cause.
+    when it is too long (see above), its prompt is not a token prefix (`tokenization_mismatch`), no stop id ends an
+    assistant turn (`no_end_of_turn`), its images do not match its image parts (`image_count_mismatch`) or the template
+    fails (`render_error`). Rows with no assistant turn have all-masked labels: counted in `stats["all_masked"]` and
+    dropped too (they add no loss, and a batch of only such rows would give a NaN loss). A batch returns the rows that
+    are left (so its size may shrink); if none is left, or once `min_rows_before_check` rows were seen and more than
+    `max_skip_fraction` of them were dropped, a RuntimeError names the counts and the likely cause.
     Counters live in the process that runs the collator (each DataLoader worker has its own copy).
 
     Args:
@@ -103,6 +132,8 @@ class MiniLlavaDataCollator:
         stop_token_ids (`int | list[int]`, *optional*): end-of-turn ids; default the tokenizer's eos. Pass
             `model.generation_config.eos_token_id` to use the model's stop ids.
         min_rows_before_check (`int`): rows to see before `max_skip_fraction` is enforced.
+        too_long (`str`): "skip" (drop rows longer than `max_length`) or "truncate" (keep their first `max_length`).
+        padding_free (`bool`): return the batch packed into one row without padding (see above).
     """
 
     def __init__(
@@ -113,11 +144,15 @@ class MiniLlavaDataCollator:
         padding_side: str = "right",
         stop_token_ids: int | list[int] | None = None,
         min_rows_before_check: int = 20,
+        too_long: str = "skip",
+        padding_free: bool = False,
     ):
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'right' (training) or 'left', got {padding_side!r}.")
         if max_length is not None and max_length <= 0:
             raise ValueError(f"max_length must be a positive int or None, got {max_length!r}.")
+        if too_long not in TOO_LONG_POLICIES:
+            raise ValueError(f"too_long must be one of {TOO_LONG_POLICIES}, got {too_long!r}.")
         if stop_token_ids is None:
             stop_token_ids = processor.tokenizer.eos_token_id
         stop_token_ids = [stop_token_ids] if isinstance(stop_token_ids, int) else list(stop_token_ids or [])
@@ -132,7 +167,9 @@ class MiniLlavaDataCollator:
         self.padding_side = padding_side
         self.stop_token_ids = frozenset(stop_token_ids)
         self.min_rows_before_check = min_rows_before_check
-        self.stats = {"seen": 0, "kept": 0, "all_masked": 0, "skipped": Counter()}
+        self.too_long = too_long
+        self.padding_free = padding_free
+        self.stats = {"seen": 0, "kept": 0, "truncated": 0, "all_masked": 0, "skipped": Counter()}
         self._logged_reasons = Counter()
 
     @property
@@ -145,7 +182,7 @@ class MiniLlavaDataCollator:
         return self._encode(row)[1]
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        samples = []  # (ids, labels, images) per kept row
+        samples = []  # one Sample per kept row
         for row in rows:
             self.stats["seen"] += 1
             sample, problem = self._encode(row)
@@ -153,6 +190,7 @@ class MiniLlavaDataCollator:
                 self._drop(row, *problem)
                 continue
             self.stats["kept"] += 1
+            self.stats["truncated"] += sample.truncated
             samples.append(sample)
         self._check_drop_fraction()
         if not samples:
@@ -160,7 +198,7 @@ class MiniLlavaDataCollator:
                 f"All {len(rows)} rows of this batch were dropped ({self._describe_drops()}); a collator cannot "
                 "return an empty batch. Fix the data or the settings named above."
             )
-        return self.pad_batch(samples)
+        return self.pack_batch(samples) if self.padding_free else self.pad_batch(samples)
 
     def _encode(self, row: dict):
         """(sample, None) for a row that trains, or (None, (reason, detail)) for one that is dropped."""
@@ -168,12 +206,12 @@ class MiniLlavaDataCollator:
             sample = self.encode_row(row)
         except _SkipRow as skip:
             return None, (skip.reason, skip.detail)
-        if all(label == IGNORE_INDEX for label in sample[1]):
+        if all(label == IGNORE_INDEX for label in sample.labels):
             return None, ("all_masked", "no assistant turn, so every label is -100")
         return sample, None
 
-    def encode_row(self, row: dict) -> tuple[list[int], list[int], list[Image.Image]]:
-        """One row -> (ids, labels, images), each image expanded to its placeholders; raises _SkipRow to drop it."""
+    def encode_row(self, row: dict) -> Sample:
+        """One row -> Sample(ids, labels, images, truncated); raises _SkipRow to drop it."""
         if "messages" not in row:  # a whole column missing is a set-up error, not one bad row
             raise ValueError(
                 f"Row has no 'messages' (keys: {sorted(row)}); pass raw dataset rows (SFTConfig("
@@ -194,13 +232,33 @@ class MiniLlavaDataCollator:
         if n_markers != len(images):
             raise _SkipRow("image_count_mismatch", f"{n_markers} image part(s) but {len(images)} image(s)")
         ids = self._tokenize(text)
-        if self.max_length is not None and len(ids) > self.max_length:
+        too_long = self.max_length is not None and len(ids) > self.max_length
+        if too_long and self.too_long == "skip":  # before the spans: no prompt is tokenized for a dropped row
             raise _SkipRow("too_long", f"{len(ids)} tokens > max_length={self.max_length}")
         labels = [IGNORE_INDEX] * len(ids)
         for start, end in self.find_assistant_spans(messages, ids):
             # An image inside an answer is input, never a target.
             labels[start:end] = [IGNORE_INDEX if i == self.processor.image_token_id else i for i in ids[start:end]]
-        return ids, labels, images
+        if too_long:
+            return self.truncate(Sample(ids, labels, images))
+        return Sample(ids, labels, images)
+
+    def truncate(self, sample: Sample) -> Sample:
+        """The first max_length tokens of a row whose labels were found on the whole conversation (so a cut answer
+        keeps exactly its tokens before the cut); raises _SkipRow when the cut would leave an image incomplete or
+        missing (its features would have no, or too few, placeholders) or no answer token."""
+        n, ids, labels = self.max_length, sample.ids, sample.labels
+        image_id = self.processor.image_token_id
+        if image_id in ids[n:]:  # an image cut through, or one that would be dropped whole
+            last = len(ids) - 1 - ids[::-1].index(image_id)
+            raise _SkipRow(
+                "image_beyond_max_length",
+                f"image placeholders reach position {last} but max_length={n} (row of {len(ids)} tokens)",
+            )
+        if all(label == IGNORE_INDEX for label in labels[:n]) and any(label != IGNORE_INDEX for label in labels):
+            first = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+            raise _SkipRow("answer_beyond_max_length", f"the first answer token is at {first} >= max_length={n}")
+        return Sample(ids[:n], labels[:n], sample.images, truncated=True)
 
     def find_assistant_spans(self, messages, ids) -> list[tuple[int, int]]:
         """[start, end) of each assistant answer + end-of-turn token in `ids`, found via the prompts' token lengths.
@@ -235,20 +293,47 @@ class MiniLlavaDataCollator:
             previous_end = end + 1
         return spans
 
-    def pad_batch(self, samples) -> dict[str, torch.Tensor]:
+    def pad_batch(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         """Pad every key in step on `padding_side` (the tokenizer's own pad); labels pad with -100."""
         batch = dict(
             self.processor.tokenizer.pad(
-                {"input_ids": [ids for ids, _, _ in samples]}, padding_side=self.padding_side, return_tensors="pt"
+                {"input_ids": [s.ids for s in samples]}, padding_side=self.padding_side, return_tensors="pt"
             )
         )
         width = batch["input_ids"].shape[1]
         labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)  # [B, T]
-        for row, (_, row_labels, _) in enumerate(samples):
-            span = slice(0, len(row_labels)) if self.padding_side == "right" else slice(width - len(row_labels), width)
-            labels[row, span] = torch.tensor(row_labels, dtype=torch.long)
+        for row, sample in enumerate(samples):
+            n = len(sample.labels)
+            span = slice(0, n) if self.padding_side == "right" else slice(width - n, width)
+            labels[row, span] = torch.tensor(sample.labels, dtype=torch.long)
         batch["labels"] = labels
-        images = [image for *_, row_images in samples for image in row_images]
+        return self._add_pixel_values(batch, samples)
+
+    def pack_batch(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
+        """Padding-free: the samples end to end in one row [1, sum(L_i)], keys as TRL's padding_free collator."""
+        lengths = [len(s.ids) for s in samples]
+        input_ids = torch.tensor([[t for s in samples for t in s.ids]], dtype=torch.long)  # [1, N]
+        labels = torch.tensor([[t for s in samples for t in s.labels]], dtype=torch.long)  # [1, N]
+        position_ids = torch.cat([torch.arange(n) for n in lengths])[None]  # [1, N], 0 at each sample's start
+        labels[position_ids == 0] = IGNORE_INDEX  # the previous sample's last token must not predict this one
+        # Sample boundaries for the varlen kernels, computed here so flash attention needs no device->host sync.
+        cu_seq_lens = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)  # [n + 1]
+        seq_idx = torch.repeat_interleave(torch.arange(len(lengths), dtype=torch.int32), cu_seq_lens.diff())  # [N]
+        batch = {
+            "input_ids": input_ids,
+            "labels": labels,
+            "position_ids": position_ids,
+            "cu_seq_lens_q": cu_seq_lens,
+            "cu_seq_lens_k": cu_seq_lens,
+            "max_length_q": max(lengths),
+            "max_length_k": max(lengths),
+            "seq_idx": seq_idx[None],  # sample of each token, for linear-attention layers' short convolutions
+        }
+        return self._add_pixel_values(batch, samples)
+
+    def _add_pixel_values(self, batch: dict, samples: list[Sample]) -> dict:
+        # One image list in sample order: the model fills the placeholders in the order they appear.
+        images = [image for s in samples for image in s.images]
         if images:
             batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         return batch

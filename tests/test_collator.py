@@ -158,7 +158,7 @@ def test_batch_of_different_lengths_is_right_padded(built, llm, image_position):
     n_placeholders = (batch["input_ids"] == processor.image_token_id).sum(1).tolist()
     assert n_placeholders == [processor.num_image_tokens * n for n in (1, 2, 0)]
     assert len(batch["pixel_values"]) == 3
-    assert collator.stats == {"seen": 3, "kept": 3, "all_masked": 0, "skipped": {}}
+    assert collator.stats == {"seen": 3, "kept": 3, "truncated": 0, "all_masked": 0, "skipped": {}}
 
 
 @pytest.mark.parametrize("llm", LLMS)
@@ -186,7 +186,7 @@ def test_too_long_rows_are_skipped_counted_and_each_named(built, caplog):
         batch = collator([long, short, {**long, "id": "long-2"}])
     assert batch["input_ids"].shape == (1, limit)
     check_row(batch, 0, processor, "qwen2", ["250 Acme Corp"])
-    assert collator.stats == {"seen": 3, "kept": 1, "all_masked": 0, "skipped": {"too_long": 2}}
+    assert collator.stats == {"seen": 3, "kept": 1, "truncated": 0, "all_masked": 0, "skipped": {"too_long": 2}}
     assert len(caplog.records) == 2 and "'long'" in caplog.text and "'long-2'" in caplog.text
     assert "too_long" in caplog.text
 
@@ -228,7 +228,7 @@ def test_all_masked_rows_are_counted_and_dropped(built, caplog):
     with caplog.at_level(logging.WARNING, logger="processing.collator"):
         batch = collator([no_answer, make_row(), {**no_answer, "id": "no-answer-2"}])
     assert len(batch["input_ids"]) == 1 and len(batch["pixel_values"]) == 1
-    assert collator.stats == {"seen": 3, "kept": 1, "all_masked": 2, "skipped": {}}
+    assert collator.stats == {"seen": 3, "kept": 1, "truncated": 0, "all_masked": 2, "skipped": {}}
     assert len(caplog.records) == 2 and "'no-answer'" in caplog.text and "'no-answer-2'" in caplog.text
     assert "all_masked" in caplog.text
 
