@@ -253,6 +253,8 @@ def test_rejects_bad_arguments(built):
     _, processor = built()
     with pytest.raises(ValueError, match="padding_side"):
         MiniLlavaDataCollator(processor, padding_side="middle")
+    with pytest.raises(ValueError, match=r"too_long must be one of \('skip', 'truncate'\), got 'cut'"):
+        MiniLlavaDataCollator(processor, too_long="cut")
     with pytest.raises(ValueError, match="remove_unused_columns=False"):
         MiniLlavaDataCollator(processor)([{"id": "x", "question": "q"}])
 
@@ -305,3 +307,92 @@ def test_only_the_first_rows_per_reason_are_named(built, caplog):
         collator([*bad, make_row()])
     assert len(caplog.records) == LOGGED_ROWS_PER_REASON and "only counted" in caplog.records[-1].getMessage()
     assert collator.stats["skipped"] == {"bad_messages": LOGGED_ROWS_PER_REASON + 3}
+
+
+# ---- too_long="truncate" -----------------------------------------------------------------------------------------
+
+
+def test_truncate_keeps_exactly_the_answer_tokens_before_the_cut(built):
+    model, processor = built()
+    answer = "Acme Corp " * 30
+    row = make_row(answer=answer, id="long")
+    full = MiniLlavaDataCollator(processor)([row])  # no max_length: the whole row
+    start = spans(full["labels"][0])[0][0]
+    limit = start + 7  # the cut lands inside the answer
+    collator = MiniLlavaDataCollator(processor, max_length=limit, too_long="truncate")
+    assert collator.check_row(row) is None  # the data check keeps what __call__ keeps
+    batch = collator([row, make_row(answer="no", id="short")])
+    assert batch["input_ids"].shape[1] == limit and int(batch["attention_mask"][0].sum()) == limit
+    assert torch.equal(batch["input_ids"][0], full["input_ids"][0, :limit])
+    # Labels computed without the collator: the answer's first 7 tokens (its end-of-turn was cut off), nothing else.
+    answer_ids = processor.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    assert spans(batch["labels"][0]) == [(start, limit)]
+    assert batch["labels"][0, start:limit].tolist() == answer_ids[:7]
+    check_row(batch, 1, processor, "qwen2", ["no"])  # the short row is untouched
+    assert collator.stats == {"seen": 2, "kept": 2, "truncated": 1, "all_masked": 0, "skipped": {}}
+    with torch.no_grad():  # every image keeps all its placeholders, so the model accepts the batch
+        assert torch.isfinite(model(**batch).loss)
+
+
+def test_truncate_between_turns_drops_the_later_answer_only(built):
+    _, processor = built()
+    messages = [user("What kind of document is this?", 1), assistant("invoice"), user("Total?"), assistant("250")]
+    row = {"id": "two-turns", "images": [image()], "messages": messages}
+    full = MiniLlavaDataCollator(processor)([row])
+    first, second = spans(full["labels"][0])
+    limit = second[0] - 1  # past the first answer's end-of-turn, before the second answer
+    batch = MiniLlavaDataCollator(processor, max_length=limit, too_long="truncate")([row])
+    assert torch.equal(batch["labels"][0], full["labels"][0, :limit]) and spans(batch["labels"][0]) == [first]
+    assert processor.tokenizer.decode(batch["labels"][0, first[0] : first[1]]) == "invoice<|im_end|>"
+
+
+@pytest.mark.parametrize("where", ["inside", "before"])
+def test_truncate_never_cuts_an_image_the_row_is_skipped_and_named(built, caplog, where):
+    _, processor = built()  # user_turn layout: the image placeholders follow the user header
+    row = make_row(answer="Acme Corp " * 30, id=f"cut-{where}")
+    full = MiniLlavaDataCollator(processor)([row])
+    slots = (full["input_ids"][0] == processor.image_token_id).nonzero().flatten().tolist()
+    limit = slots[0] + 3 if where == "inside" else slots[0]  # through the block, or before the whole image
+    collator = MiniLlavaDataCollator(processor, max_length=limit, too_long="truncate", max_skip_fraction=1.0)
+    assert collator.check_row(row) == (
+        "image_beyond_max_length",
+        f"image placeholders reach position {slots[-1]} but max_length={limit} (row of {full['input_ids'].shape[1]} "
+        "tokens)",
+    )
+    with (
+        caplog.at_level(logging.WARNING, logger="processing.collator"),
+        pytest.raises(RuntimeError, match="image_beyond_max_length: too_long='truncate' would cut through"),
+    ):
+        collator([row])
+    assert collator.stats == {"seen": 1, "kept": 0, "truncated": 0, "all_masked": 0,
+                              "skipped": {"image_beyond_max_length": 1}}  # fmt: skip
+    assert f"'cut-{where}'" in caplog.text
+
+
+def test_truncate_that_keeps_no_answer_token_is_skipped(built):
+    _, processor = built()
+    row = make_row(question="Describe every line item of this invoice. " * 5, answer="ok", id="long-prompt")
+    full = MiniLlavaDataCollator(processor)([row])
+    start = spans(full["labels"][0])[0][0]
+    collator = MiniLlavaDataCollator(processor, max_length=start, too_long="truncate", max_skip_fraction=1.0)
+    assert collator.check_row(row) == ("answer_beyond_max_length", f"the first answer token is at {start} >= "
+                                       f"max_length={start}")  # fmt: skip
+    # One token more keeps the answer's first token.
+    kept = MiniLlavaDataCollator(processor, max_length=start + 1, too_long="truncate")([row])
+    assert spans(kept["labels"][0]) == [(start, start + 1)]
+
+
+def test_skip_stays_the_default_and_truncate_changes_nothing_that_fits(built):
+    _, processor = built()
+    rows = [make_row(id="a"), make_row("Qty?", "12", 2, "b"), make_row(answer="Acme Corp " * 30, id="long")]
+    limit = len(MiniLlavaDataCollator(processor)(rows[:2])["input_ids"][0])
+    skip = MiniLlavaDataCollator(processor, max_length=limit, max_skip_fraction=1.0)
+    assert skip.too_long == "skip" and skip.check_row(rows[2])[0] == "too_long"
+    skipped = skip(rows)
+    truncate = MiniLlavaDataCollator(processor, max_length=limit, too_long="truncate")
+    truncated = truncate(rows)
+    for key in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(skipped[key], truncated[key][:2]), key
+    assert torch.equal(skipped["pixel_values"], truncated["pixel_values"][:3])  # rows a, b: 1 + 2 images
+    assert skip.stats["skipped"] == {"too_long": 1} and skip.stats["truncated"] == 0
+    assert truncate.stats["skipped"] == {} and truncate.stats["truncated"] == 1
