@@ -1,10 +1,12 @@
 """MiniLlavaConfig: a vision-tower config + a causal-LM config + projector settings; config.json alone rebuilds it."""
 
+import math
 import re
 
 from transformers import AutoConfig, AutoTokenizer, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .anyres import count_anyres_tokens, derive_pinpoints, image_grid
 from .projectors import PROJECTORS
 
 # Vision towers we know how to read features from, and whether their sequence starts with a CLS token.
@@ -69,6 +71,11 @@ class MiniLlavaConfig(PreTrainedConfig):
         image_token_id (`int`): the placeholder id marking image positions in `input_ids`; it need not be inside the
             embedding table (ids >= the LLM's vocab_size are looked up as 0, then overwritten by image features).
         image_seq_length (`int`, read-only): `num_image_tokens`, under the name Llava and serving engines read.
+        image_grid_pinpoints (`list[[h, w]]` or `None`): LLaVA-NeXT AnyRes canvases, multiples of the tower's
+            image_size (the tile). `None` (default): one square tile per image, as LLaVA-1.5.
+        max_tiles (`int` or `None`): derive the pinpoints instead: every rows x cols grid with rows*cols <= max_tiles.
+        max_image_tokens (`int` or `None`): AnyRes only, image tokens one sample may hold; the processor shrinks grids
+            until a sample fits. `None`: no budget.
     """
 
     model_type = "minillava"
@@ -89,6 +96,9 @@ class MiniLlavaConfig(PreTrainedConfig):
     image_position: str = "user_turn"
     image_token_id: int | None = None
     tie_word_embeddings: bool = False
+    image_grid_pinpoints: list | None = None
+    max_tiles: int | None = None
+    max_image_tokens: int | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -117,6 +127,46 @@ class MiniLlavaConfig(PreTrainedConfig):
         if self.image_token_id is not None and self.image_token_id < 0:
             raise ValueError(f"image_token_id must be a non-negative token id, got {self.image_token_id}.")
         _ = self.num_image_tokens  # validates the projector against the tower's grid now, not at the first forward
+        self._check_anyres()
+
+    def _check_anyres(self) -> None:
+        tile = self.vision_config.image_size
+        if self.max_tiles is not None:
+            if not isinstance(self.max_tiles, int) or self.max_tiles < 1:
+                raise ValueError(f"max_tiles must be a positive int, got {self.max_tiles!r}.")
+            derived = derive_pinpoints(self.max_tiles, tile)
+            if self.image_grid_pinpoints is not None and [list(p) for p in self.image_grid_pinpoints] != derived:
+                raise ValueError(
+                    f"image_grid_pinpoints={self.image_grid_pinpoints} disagrees with max_tiles={self.max_tiles} "
+                    f"(which gives {derived}); set only one of them."
+                )
+            self.image_grid_pinpoints = derived
+        if self.image_grid_pinpoints is not None:
+            self.image_grid_pinpoints = check_pinpoints(self.image_grid_pinpoints, tile)
+            projector = PROJECTORS[self.projector_type]
+            if not projector.keeps_grid:
+                raise ValueError(
+                    f"AnyRes (image_grid_pinpoints) stitches each tile's token grid into one map, but "
+                    f"projector_type={self.projector_type!r} outputs no spatial grid; use 'mlp2x_gelu' or "
+                    "'pixel_shuffle_mlp'."
+                )
+            if self.num_vision_tokens != (tile // self.vision_config.patch_size) ** 2:
+                raise ValueError(
+                    f"AnyRes needs a square patch grid per tile, but vision_feature_select_strategy="
+                    f"{self.vision_feature_select_strategy!r} keeps the CLS token of {self.vision_config.model_type}; "
+                    "use 'default'."
+                )
+        if self.max_image_tokens is not None:
+            if self.image_grid_pinpoints is None:
+                raise ValueError(
+                    f"max_image_tokens={self.max_image_tokens} shrinks AnyRes grids, but AnyRes is off; set "
+                    "image_grid_pinpoints or max_tiles, or leave max_image_tokens=None."
+                )
+            if not isinstance(self.max_image_tokens, int) or self.max_image_tokens <= self.num_image_tokens:
+                raise ValueError(
+                    f"max_image_tokens={self.max_image_tokens!r} must be an int above one tile's "
+                    f"{self.num_image_tokens} tokens (an AnyRes image is a base tile plus its grid)."
+                )
 
     @classmethod
     def from_backbones(cls, vision_name_or_path: str, llm_name_or_path: str, **kwargs) -> "MiniLlavaConfig":
@@ -147,5 +197,47 @@ class MiniLlavaConfig(PreTrainedConfig):
     def image_seq_length(self) -> int:
         return self.num_image_tokens
 
+    @property
+    def anyres(self) -> bool:
+        return self.image_grid_pinpoints is not None
 
-__all__ = ["MiniLlavaConfig", "choose_image_token"]
+    @property
+    def tile_feature_side(self) -> int:
+        """Side of one tile's token grid after the projector (27 for SigLIP-so400m + mlp2x_gelu, 9 with a 3x3
+        pixel shuffle); AnyRes stitches tiles on this grid."""
+        return math.isqrt(self.num_image_tokens)
+
+    def image_grid(self, height: int, width: int) -> tuple[int, int]:
+        """(rows, cols) of tiles an image of this size gets (no budget); (1, 1) meaning the single tile when AnyRes
+        is off."""
+        if not self.anyres:
+            return 1, 1
+        return image_grid((height, width), self.image_grid_pinpoints, self.vision_config.image_size)
+
+    def count_image_tokens(self, height: int, width: int) -> int:
+        """Placeholder tokens an image of (height, width) takes in the LLM input (no max_image_tokens budget)."""
+        if not self.anyres:
+            return self.num_image_tokens
+        return count_anyres_tokens((height, width), self.image_grid(height, width), self.tile_feature_side)
+
+
+def check_pinpoints(pinpoints, tile: int) -> list[list[int]]:
+    """[[h, w], ...] as ints, each a positive multiple of the tile (the tower's image_size), else a clear error."""
+    if not isinstance(pinpoints, (list, tuple)) or not pinpoints:
+        raise ValueError(f"image_grid_pinpoints must be a non-empty list of [height, width], got {pinpoints!r}.")
+    out = []
+    for point in pinpoints:
+        if (
+            not isinstance(point, (list, tuple))
+            or len(point) != 2
+            or not all(isinstance(v, int) and v > 0 and v % tile == 0 for v in point)
+        ):
+            raise ValueError(
+                f"image_grid_pinpoints entry {point!r} must be [height, width], positive multiples of the vision "
+                f"tower's image_size {tile} (e.g. [{tile}, {2 * tile}])."
+            )
+        out.append([int(point[0]), int(point[1])])
+    return out
+
+
+__all__ = ["MiniLlavaConfig", "check_pinpoints", "choose_image_token"]

@@ -8,6 +8,7 @@ the placeholder, and the loss never targets it.
 """
 
 import contextlib
+import math
 import os
 
 import torch
@@ -18,15 +19,49 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import logging
 
+from .anyres import image_grid, pack_image_features
 from .configuration_minillava import MiniLlavaConfig
 from .projectors import PerceiverResampler, build_projector
 
 logger = logging.get_logger(__name__)
 
 
+def new_image_newline(hidden_size: int, dtype) -> nn.Parameter:
+    """LlavaNext's image_newline: one [D] vector, normal with std 1/sqrt(D)."""
+    return nn.Parameter(torch.randn(hidden_size, dtype=dtype) / math.sqrt(hidden_size))
+
+
 def portable_name(name_or_path: str) -> str:
     """A Hub id as given; a local folder by its name (an absolute path means nothing on another machine)."""
     return os.path.basename(os.path.normpath(name_or_path)) if os.path.isdir(name_or_path) else name_or_path
+
+
+def check_slots_per_image(mask: torch.Tensor, lengths: list[int], image_token_id: int) -> None:
+    """Image i's features must fill the next `lengths[i]` placeholders (row-major, as masked_scatter fills them), all
+    in one unbroken run; otherwise name the image and both numbers. Images whose placeholders touch (the prefix layout)
+    share a run, so a wrong count there surfaces at the first image whose tokens would cross a run's end."""
+    positions = mask.nonzero().tolist()  # [(row, col)]
+    start = 0
+    for index, length in enumerate(lengths):
+        span = positions[start : start + length]
+        if len(span) < length or span[-1][0] != span[0][0] or span[-1][1] - span[0][1] != length - 1:
+            run, where = 0, "none are left"
+            if start < len(positions):
+                row, col = positions[start]
+                while start + run < len(positions) and positions[start + run] == [row, col + run]:
+                    run += 1
+                where = f"the run at row {row}, position {col} holds {run}"
+            raise ValueError(
+                f"image {index} gives {length} feature tokens but its placeholders (id {image_token_id}) disagree: "
+                f"{where}. The processor and model disagree on this image's tokens (image_grid_pinpoints, "
+                "max_image_tokens, image_sizes), or truncation cut it; use the processor saved with this model."
+            )
+        start += length
+    if start != len(positions):
+        raise ValueError(
+            f"input_ids hold {len(positions)} image placeholders (id {image_token_id}), but the {len(lengths)} images "
+            f"give {start} feature tokens ({lengths}); an image token has no image or pixel_values lack images."
+        )
 
 
 class MiniLlavaPreTrainedModel(PreTrainedModel):
@@ -45,6 +80,8 @@ class MiniLlavaPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, PerceiverResampler):  # an explicit nn.Parameter the generic init does not know
             init.normal_(module.latents, std=getattr(self.config.text_config, "initializer_range", 0.02))
+        if isinstance(module, MiniLlavaModel) and module.image_newline is not None:  # as LlavaNext
+            init.normal_(module.image_newline, mean=0.0, std=1 / math.sqrt(self.config.text_config.hidden_size))
 
 
 class MiniLlavaModel(MiniLlavaPreTrainedModel):
@@ -55,6 +92,9 @@ class MiniLlavaModel(MiniLlavaPreTrainedModel):
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = build_projector(config)
         self.language_model = AutoModel.from_config(config.text_config)
+        self.image_newline = None  # AnyRes only: the learned token closing each row of the stitched tile grid
+        if config.anyres:
+            self.image_newline = new_image_newline(config.text_config.hidden_size, self.dtype)
         # LLaVA convention: the tower is frozen unless a training recipe unfreezes it.
         self.vision_tower.requires_grad_(False)
         self.post_init()
@@ -65,16 +105,51 @@ class MiniLlavaModel(MiniLlavaPreTrainedModel):
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[N_img, 3, H, W] -> [N_img, T_img, D_text]."""
+    def project_tiles(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] tower-sized images (or tiles) -> [N, T_tile, D_text]: tower, feature layer, projector."""
         frozen = not any(p.requires_grad for p in self.vision_tower.parameters())
         with torch.no_grad() if frozen else contextlib.nullcontext():  # no activations kept for a frozen tower
             pixel_values = pixel_values.to(self.vision_tower.dtype)
             out = self.vision_tower(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
-            features = out.hidden_states[self.config.vision_feature_layer]  # [N_img, N_vis(+CLS), D_vision]
+            features = out.hidden_states[self.config.vision_feature_layer]  # [N, N_vis(+CLS), D_vision]
             if self.config.vision_feature_select_strategy == "default":
                 features = features[:, 1:]  # drop CLS
         return self.multi_modal_projector(features)
+
+    def get_image_features(self, pixel_values: torch.Tensor, image_sizes=None, image_grids=None):
+        """Single tile: [N_img, 3, H, W] -> [N_img, T_img, D_text].
+
+        AnyRes: pixel_values [N_img, max_tiles, 3, H, W] (each image's base tile first, zero tiles after its own) or
+        the real tiles concatenated [sum_tiles, 3, H, W]; image_sizes [N_img, 2] original (height, width);
+        image_grids [N_img, 2] (rows, cols) of tiles, else derived from image_sizes as LlavaNext does. Returns one
+        [T_i, D_text] tensor per image (LlavaNext's packing: base tokens, unpadded grid, a newline per row).
+        """
+        if not self.config.anyres:
+            return self.project_tiles(pixel_values)
+        if image_sizes is None:
+            raise ValueError("AnyRes (config.image_grid_pinpoints) needs image_sizes next to pixel_values.")
+        grids = self.anyres_grids(image_sizes, image_grids)
+        n_tiles = [1 + rows * cols for rows, cols in grids]
+        if pixel_values.dim() == 5:  # padded per image: keep each image's own tiles
+            pixel_values = torch.cat([tiles[:n] for tiles, n in zip(pixel_values, n_tiles)], dim=0)
+        elif pixel_values.dim() != 4:
+            raise ValueError(f"AnyRes pixel_values must have 4 or 5 dims, got shape {tuple(pixel_values.shape)}.")
+        if pixel_values.shape[0] != sum(n_tiles):
+            raise ValueError(
+                f"pixel_values hold {pixel_values.shape[0]} tiles, but image_sizes/image_grids call for "
+                f"{sum(n_tiles)} ({n_tiles} per image, base tile included)."
+            )
+        features = self.project_tiles(pixel_values).split(n_tiles)  # per image [1 + rows*cols, T_tile, D]
+        newline = self.image_newline
+        return [pack_image_features(f, size, grid, newline) for f, size, grid in zip(features, image_sizes, grids)]
+
+    def anyres_grids(self, image_sizes, image_grids=None) -> list[tuple[int, int]]:
+        """(rows, cols) per image: the processor's image_grids when given (a max_image_tokens budget may have shrunk
+        them), else LlavaNext's choice from the image size and config.image_grid_pinpoints."""
+        if image_grids is not None:
+            return [(int(rows), int(cols)) for rows, cols in image_grids]
+        tile = self.config.vision_config.image_size
+        return [image_grid(size, self.config.image_grid_pinpoints, tile) for size in image_sizes]
 
     def get_placeholder_mask(self, input_ids, inputs_embeds: torch.Tensor, image_features: torch.Tensor):
         """[B, T, 1] bool: the positions holding `config.image_token_id`, checked against the features' count.
@@ -99,7 +174,9 @@ class MiniLlavaModel(MiniLlavaPreTrainedModel):
                 f"image_token_id={image_token_id} is outside the embedding table, so with inputs_embeds and "
                 "pixel_values the image positions are unknown; pass input_ids instead of inputs_embeds."
             )
-        if mask.device.type != "meta":  # counts are unknowable on the meta device
+        if mask.device.type != "meta" and isinstance(image_features, (list, tuple)):  # AnyRes: counts per image
+            check_slots_per_image(mask, [f.shape[0] for f in image_features], image_token_id)
+        elif mask.device.type != "meta":  # counts are unknowable on the meta device
             n_slots, (n_img, n_tok) = int(mask.sum()), image_features.shape[:2]
             if n_slots != n_img * n_tok:
                 raise ValueError(
@@ -110,7 +187,9 @@ class MiniLlavaModel(MiniLlavaPreTrainedModel):
                 )
         return mask.unsqueeze(-1).to(inputs_embeds.device)
 
-    def embed_multimodal(self, input_ids=None, pixel_values=None, inputs_embeds=None) -> torch.Tensor:
+    def embed_multimodal(
+        self, input_ids=None, pixel_values=None, inputs_embeds=None, image_sizes=None, image_grids=None
+    ) -> torch.Tensor:
         """Token embeddings with image features written over the placeholder positions: [B, T, D]."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
@@ -122,8 +201,10 @@ class MiniLlavaModel(MiniLlavaPreTrainedModel):
                 input_ids if is_image is None else input_ids.masked_fill(is_image, 0)
             )
         if pixel_values is not None:
-            features = self.get_image_features(pixel_values)  # [N_img, T_img, D]
+            features = self.get_image_features(pixel_values, image_sizes, image_grids)  # [N_img, T_img, D] or list
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, features)
+            if isinstance(features, (list, tuple)):  # AnyRes: [T_i, D] per image, filled in order
+                features = torch.cat(features, dim=0)
             features = features.to(inputs_embeds.device, inputs_embeds.dtype)
             inputs_embeds = inputs_embeds.masked_scatter(mask, features.reshape(-1, inputs_embeds.shape[-1]))
         elif input_ids is not None and self.config.image_token_id is not None and input_ids.device.type != "meta":
@@ -141,9 +222,11 @@ class MiniLlavaModel(MiniLlavaPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         cache=None,
         inputs_embeds: torch.FloatTensor | None = None,
+        image_sizes: torch.LongTensor | None = None,
+        image_grids: torch.LongTensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        inputs_embeds = self.embed_multimodal(input_ids, pixel_values, inputs_embeds)  # [B, T, D]
+        inputs_embeds = self.embed_multimodal(input_ids, pixel_values, inputs_embeds, image_sizes, image_grids)
         kwargs["return_dict"] = True
         return self.language_model(
             inputs_embeds=inputs_embeds,
@@ -199,8 +282,8 @@ class MiniLlavaForConditionalGeneration(MiniLlavaPreTrainedModel, GenerationMixi
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model.get_image_features(pixel_values)
+    def get_image_features(self, pixel_values: torch.Tensor, image_sizes=None, image_grids=None):
+        return self.model.get_image_features(pixel_values, image_sizes, image_grids)
 
     def forward(
         self,
@@ -212,11 +295,16 @@ class MiniLlavaForConditionalGeneration(MiniLlavaPreTrainedModel, GenerationMixi
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        image_sizes: torch.LongTensor | None = None,
+        image_grids: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        """image_sizes / image_grids: AnyRes only (see MiniLlavaModel.get_image_features)."""
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
+            image_sizes=image_sizes,
+            image_grids=image_grids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
@@ -280,6 +368,8 @@ class MiniLlavaForConditionalGeneration(MiniLlavaPreTrainedModel, GenerationMixi
         projector = build_projector(config)
         projector.apply(model._init_weights)
         model.model.multi_modal_projector = projector.to(dtype=llm.dtype)
+        if config.anyres:  # the skeleton's newline is on the meta device
+            model.model.image_newline = new_image_newline(config.text_config.hidden_size, llm.dtype)
         model.generation_config = llm.generation_config  # the LLM's stop tokens (e.g. Qwen's <|im_end|>)
         model.config.text_config = llm.config
         model.config.vision_config = vision_tower.config

@@ -14,6 +14,8 @@ from transformers.activations import ACT2FN
 class MlpProjector(nn.Module):
     """LLaVA-1.5's `mlp2x_gelu`: Linear -> GELU -> Linear, one output token per vision token."""
 
+    keeps_grid = True  # output tokens keep the tower's square patch grid (AnyRes can stitch tiles)
+
     def __init__(self, config):
         super().__init__()
         d_vision, d_text = config.vision_config.hidden_size, config.text_config.hidden_size
@@ -53,6 +55,8 @@ class PerceiverResampler(nn.Module):
     Works in the LLM's width so the head count can be the LLM's own (it always divides the hidden size).
     """
 
+    keeps_grid = False  # learned latents: no spatial layout
+
     def __init__(self, config):
         super().__init__()
         d_vision, d_text = config.vision_config.hidden_size, config.text_config.hidden_size
@@ -81,6 +85,8 @@ class PixelShuffleMlp(nn.Module):
 
     A (s x s) grid of D-dim tokens becomes a (s/r x s/r) grid of (D * r^2)-dim tokens: r^2 fewer image tokens.
     """
+
+    keeps_grid = True
 
     def __init__(self, config):
         super().__init__()

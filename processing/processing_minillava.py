@@ -8,6 +8,7 @@ URL) works unchanged. Ships to the Hub as remote code, so it is self-contained: 
 
 import base64
 import binascii
+import contextvars
 import io
 import math
 import os
@@ -16,13 +17,21 @@ import urllib.request
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
+from transformers import AutoImageProcessor, AutoTokenizer, LlavaNextImageProcessorPil, ProcessorMixin
+from transformers.image_processing_utils import select_best_resolution
+from transformers.image_utils import make_flat_list_of_images
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 IMAGE_POSITIONS = ("prefix", "user_turn")
 # Added to the tokenizer only when it reserves no image token (the model config's choice, see choose_image_token).
 # Control-token shaped, so a question that says "<image>" stays plain text.
 DEFAULT_IMAGE_TOKEN = "<|image|>"
 URL_TIMEOUT_S = 10  # an image URL that never answers must not hang a batch
+# AnyRes: the canvas ([h, w]) chosen for each image of the current __call__ (its samples' token budget needs the text,
+# which ProcessorMixin does not hand to _process_images); a ContextVar so concurrent calls (threads) never mix.
+_CANVAS_PLAN = contextvars.ContextVar("minillava_canvas_plan", default=None)
 
 # The preamble rewrites HF multimodal messages (content = list of parts) into plain-text messages, then the LLM's own
 # template renders them. user_turn: each image part becomes the image token where it sits, parts joined by newlines.
@@ -192,6 +201,44 @@ def is_abstained(answer: str, confidence: float, threshold: float, abstain_answe
     return abstention_reason(answer, confidence, threshold, abstain_answer) is not None
 
 
+def anyres_tokens(image_size, canvas, tile: int, side: int) -> int:
+    """Tokens of one AnyRes image (LlavaNextProcessor._get_number_of_features with a square tile of side*side tokens):
+    the base tile + the canvas's tile grid on the token level, unpadded to the image's aspect ratio, + a newline per
+    row. Mirrors modeling_minillava/anyres.py (this file ships alone); tests hold the two to the same counts."""
+    orig_h, orig_w = int(image_size[0]), int(image_size[1])
+    height, width = canvas[0] // tile * side, canvas[1] // tile * side
+    if orig_w / orig_h > width / height:
+        height -= (height - int(round(orig_h * (width / orig_w), 7))) // 2 * 2
+    else:
+        width -= (width - int(round(orig_w * (height / orig_h), 7))) // 2 * 2
+    return side * side + height * (width + 1)
+
+
+def anyres_image_processor(image_processor, tile: int, pinpoints: list) -> LlavaNextImageProcessorPil:
+    """The tower's image processor settings (mean, std, resample, rescale) as LlavaNext's AnyRes image processor:
+    tiles of the tower's size, no center crop, tile lists padded per batch."""
+    return LlavaNextImageProcessorPil(
+        size={"height": tile, "width": tile},
+        crop_size={"height": tile, "width": tile},
+        do_center_crop=False,
+        resample=image_processor.resample,
+        do_rescale=image_processor.do_rescale,
+        rescale_factor=image_processor.rescale_factor,
+        do_normalize=image_processor.do_normalize,
+        image_mean=image_processor.image_mean,
+        image_std=image_processor.image_std,
+        image_grid_pinpoints=[list(p) for p in pinpoints],
+        do_pad=True,
+    )
+
+
+def image_hw(image) -> tuple[int, int]:
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    array = np.asarray(image)  # HWC from load_rgb, or a CHW float array passed through
+    return tuple(array.shape[1:3]) if array.ndim == 3 and array.shape[0] in (1, 3) else tuple(array.shape[:2])
+
+
 def _map_images(images, fn):
     if isinstance(images, (list, tuple)):
         return [_map_images(item, fn) for item in images]
@@ -210,6 +257,9 @@ class MiniLlavaProcessor(ProcessorMixin):
             placeholders first, then the whole chat).
         image_token (`str`): the placeholder token; a special token of the tokenizer whose id is the model config's
             `image_token_id`.
+        tile_feature_side (`int` or `None`): AnyRes only (the image processor is then LlavaNext's, holding
+            `image_grid_pinpoints`): one tile's token-grid side after the projector (config.tile_feature_side).
+        max_image_tokens (`int` or `None`): AnyRes only, image tokens per sample; grids shrink until a sample fits.
     """
 
     # The chat template already holds the LLM's special tokens, so none are added (no second BOS); a call can
@@ -225,6 +275,8 @@ class MiniLlavaProcessor(ProcessorMixin):
         num_image_tokens: int | None = None,
         image_position: str = "user_turn",
         image_token: str = DEFAULT_IMAGE_TOKEN,
+        tile_feature_side: int | None = None,
+        max_image_tokens: int | None = None,
         **kwargs,
     ):
         if num_image_tokens is None or int(num_image_tokens) <= 0:
@@ -244,6 +296,15 @@ class MiniLlavaProcessor(ProcessorMixin):
                 f"image_token={image_token!r} is not a single special token of the tokenizer; build the processor "
                 "with MiniLlavaProcessor.from_backbones(..., config=model.config), which adds it when needed."
             )
+        if tile_feature_side is not None and not getattr(image_processor, "image_grid_pinpoints", None):
+            raise ValueError(
+                f"tile_feature_side={tile_feature_side} turns AnyRes on, but {type(image_processor).__name__} has no "
+                "image_grid_pinpoints; build the processor with MiniLlavaProcessor.from_backbones(..., config=...)."
+            )
+        if max_image_tokens is not None and tile_feature_side is None:
+            raise ValueError(f"max_image_tokens={max_image_tokens} needs AnyRes (tile_feature_side); drop it.")
+        self.tile_feature_side = tile_feature_side
+        self.max_image_tokens = max_image_tokens
         self.num_image_tokens = int(num_image_tokens)
         self.image_position = image_position
         self.image_token = image_token
@@ -286,6 +347,10 @@ class MiniLlavaProcessor(ProcessorMixin):
                 f"config.image_token_id={image_token_id} is not a token of {llm_name_or_path}'s tokenizer "
                 f"({len(tokenizer)} tokens); was the model built from another LLM?"
             )
+        anyres = getattr(config, "image_grid_pinpoints", None) is not None
+        if anyres:
+            tile = config.vision_config.image_size
+            image_processor = anyres_image_processor(image_processor, tile, config.image_grid_pinpoints)
         return cls(
             image_processor,
             tokenizer,
@@ -293,6 +358,8 @@ class MiniLlavaProcessor(ProcessorMixin):
             num_image_tokens=config.num_image_tokens,
             image_position=image_position or config.image_position,
             image_token=image_token,
+            tile_feature_side=config.tile_feature_side if anyres else None,
+            max_image_tokens=config.max_image_tokens if anyres else None,
         )
 
     def save_pretrained(self, save_directory, **kwargs):
@@ -333,20 +400,107 @@ class MiniLlavaProcessor(ProcessorMixin):
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.image_token * self.num_image_tokens
 
-    def expand_image_tokens(self, text: str) -> str:
-        """`text` with each image token expanded to `num_image_tokens` placeholders (what `__call__` tokenizes)."""
-        return text.replace(self.image_token, self.image_token * self.num_image_tokens)
+    @property
+    def anyres(self) -> bool:
+        return self.tile_feature_side is not None
+
+    def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        """ProcessorMixin's; with AnyRes the canvases are planned first, per sample of `text` (the token budget)."""
+        if not self.anyres or images is None:
+            return super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
+        images = _map_images(images, load_rgb)
+        texts = [text] if isinstance(text, str) else text
+        per_sample = None if texts is None else [t.count(self.image_token) for t in texts]
+        sizes = [image_hw(image) for image in make_flat_list_of_images(images)]
+        token = _CANVAS_PLAN.set(
+            self.plan_canvases(sizes, per_sample) if sum(per_sample or [0]) == len(sizes) else None
+        )
+        try:
+            return super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
+        finally:
+            _CANVAS_PLAN.reset(token)
+
+    def plan_canvases(self, image_sizes, images_per_sample=None) -> list[tuple[list[int], int]]:
+        """(canvas [h, w], tokens) per image: LlavaNext's select_best_resolution over image_grid_pinpoints; with
+        max_image_tokens, a sample over budget gets only pinpoints of fewer tiles, fewer until it fits (logged)."""
+        pinpoints, tile = self.image_processor.image_grid_pinpoints, self.image_processor.size["height"]
+        tiles_of = {tuple(p): (p[0] // tile) * (p[1] // tile) for p in pinpoints}
+        limits = sorted(set(tiles_of.values()), reverse=True)
+        counts = images_per_sample if images_per_sample is not None else [1] * len(image_sizes)
+        plan, start = [], 0
+        for sample, count in enumerate(counts):
+            sizes = [tuple(int(v) for v in size) for size in image_sizes[start : start + count]]
+            start += count
+            for limit in limits:
+                allowed = [p for p in pinpoints if tiles_of[tuple(p)] <= limit]
+                canvases = [list(select_best_resolution(size, allowed)) for size in sizes]
+                tokens = [anyres_tokens(size, c, tile, self.tile_feature_side) for size, c in zip(sizes, canvases)]
+                if self.max_image_tokens is None or sum(tokens) <= self.max_image_tokens:
+                    break
+            else:
+                raise ValueError(
+                    f"Sample {sample}: its {count} image(s) {sizes} take {sum(tokens)} image tokens even on the "
+                    f"smallest grids, above max_image_tokens={self.max_image_tokens}; raise max_image_tokens or send "
+                    "fewer images per sample."
+                )
+            if limit != limits[0]:
+                grids = [f"{c[0] // tile}x{c[1] // tile}" for c in canvases]
+                logger.warning(
+                    f"max_image_tokens={self.max_image_tokens}: sample {sample}'s image(s) {sizes} (h, w) shrunk to "
+                    f"at most {limit} tiles: grids {grids} (rows x cols), {sum(tokens)} image tokens {tokens}."
+                )
+            plan.extend(zip(canvases, tokens))
+        return plan
+
+    def _process_images(self, images, **kwargs):
+        """AnyRes: each image through LlavaNext's image processor on its planned canvas, the tile lists zero-padded
+        to the batch's longest (as LlavaNext's do_pad), plus image_sizes and the (rows, cols) image_grids."""
+        if not self.anyres:
+            return super()._process_images(images, **kwargs)
+        images = make_flat_list_of_images(images)
+        plan = _CANVAS_PLAN.get() or self.plan_canvases([image_hw(image) for image in images])
+        kwargs = {**kwargs, "return_tensors": None, "do_pad": False}
+        tiles, sizes = [], []
+        for image, (canvas, _) in zip(images, plan):
+            out = self.image_processor([image], image_grid_pinpoints=[canvas], **kwargs)
+            tiles.append(np.asarray(out["pixel_values"][0]))
+            sizes.append(list(out["image_sizes"][0]))
+        longest = max(len(t) for t in tiles)
+        pixel_values = np.stack([np.pad(t, ((0, longest - len(t)), (0, 0), (0, 0), (0, 0))) for t in tiles])
+        tile = self.image_processor.size["height"]
+        data = {
+            "pixel_values": pixel_values,  # [N_img, max_tiles, 3, tile, tile]
+            "image_sizes": np.array(sizes, dtype=np.int64),  # [N_img, 2] original (h, w)
+            "image_grids": np.array([[c[0] // tile, c[1] // tile] for c, _ in plan], dtype=np.int64),  # [N_img, 2]
+        }
+        return data, [self.image_token * n for _, n in plan]
+
+    def expand_image_tokens(self, text: str, image_sizes=None) -> str:
+        """`text` with each image token expanded to its placeholders (what `__call__` tokenizes): `num_image_tokens`
+        each, or with AnyRes the planned count of each image, whose (height, width) `image_sizes` then gives."""
+        if not self.anyres:
+            return text.replace(self.image_token, self.image_token * self.num_image_tokens)
+        if image_sizes is None or len(image_sizes) != text.count(self.image_token):
+            raise ValueError(
+                f"AnyRes expands each image by its size: pass image_sizes (one (height, width) per image token), got "
+                f"{image_sizes!r} for {text.count(self.image_token)} image tokens."
+            )
+        parts = text.split(self.image_token)
+        counts = [n for _, n in self.plan_canvases(image_sizes, [len(image_sizes)])]
+        return parts[0] + "".join(self.image_token * n + part for n, part in zip(counts, parts[1:]))
 
     def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs):
-        """Placeholders per image, for serving engines that ask the processor (as LlavaProcessor answers)."""
+        """Placeholders per image, for serving engines that ask the processor (as LlavaProcessor and
+        LlavaNextProcessor answer); with AnyRes each image is planned as a sample of its own."""
         from transformers.processing_utils import MultiModalData
 
         data = {}
         if image_sizes is not None:
-            data = {
-                "num_image_tokens": [self.num_image_tokens] * len(image_sizes),
-                "num_image_patches": [1] * len(image_sizes),
-            }
+            if self.anyres:
+                counts = [n for _, n in self.plan_canvases(image_sizes)]
+            else:
+                counts = [self.num_image_tokens] * len(image_sizes)
+            data = {"num_image_tokens": counts, "num_image_patches": [1] * len(image_sizes)}
         return MultiModalData(**data)
 
     abstain_reasons = ABSTAIN_REASONS  # reason key -> plain words, for whoever shows a decision
@@ -393,7 +547,8 @@ class MiniLlavaProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask", "pixel_values"]
+        anyres = ["image_sizes", "image_grids"] if self.anyres else []
+        return ["input_ids", "attention_mask", "pixel_values", *anyres]
 
 
 __all__ = ["MiniLlavaProcessor"]
