@@ -1,0 +1,140 @@
+"""Padding-free packing: the collator's packed row is TRL's padding_free layout, and the model's loss and logits on it
+equal those of each sample run alone (eager and sdpa), also through TRL's SFTTrainer."""
+
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+from PIL import Image
+from trl import SFTConfig, SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+from processing.collator import IGNORE_INDEX, MiniLlavaDataCollator
+
+
+def user(text, n_images=0):
+    return {"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": text}]}
+
+
+def assistant(text):
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def image(color, size=(40, 30)) -> Image.Image:
+    return Image.new("RGB", size, color)
+
+
+# Mixed lengths and image counts (1, 0, 2 images; one two-turn row), so segment boundaries and image order matter.
+ROWS = [
+    {"id": "one-image", "images": [image((200, 30, 30))],
+     "messages": [user("What is the invoice total?", 1), assistant("250 Acme Corp")]},
+    {"id": "text-only", "images": [], "messages": [user("Is there a logo?"), assistant("Yes")]},
+    {"id": "two-images", "images": [image((0, 90, 200)), image((40, 90, 20), (30, 30))],
+     "messages": [user("Quantity and vendor?", 2), assistant("12 units from Globex, invoice 7781")]},
+    {"id": "two-turns", "images": [image((90, 90, 90))],
+     "messages": [user("What kind of document?", 1), assistant("receipt"), user("Paid?"), assistant("yes, in cash")]},
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def models(build):
+    cache = {}
+
+    def get(llm="qwen2", attn="sdpa"):
+        if (llm, attn) not in cache:
+            cache[llm, attn] = build(llm=llm, attn_implementation=attn)
+        return cache[llm, attn]
+
+    return get
+
+
+def alone(processor, row) -> dict:
+    """One row as its own unpadded batch (no attention_mask: nothing to mask)."""
+    batch = MiniLlavaDataCollator(processor)([row])
+    del batch["attention_mask"]
+    return batch
+
+
+def separate_reference(model, processor, rows):
+    """(sum of token NLLs / number of label tokens over all rows, each row's logits), every row forwarded alone: the
+    loss the Trainer would give a padded batch of these rows."""
+    total, count, logits = 0.0, 0, []
+    for row in rows:
+        batch = alone(processor, row)
+        out = model(**batch)
+        target = batch["labels"][0, 1:]
+        keep = target != IGNORE_INDEX
+        logp = out.logits[0, :-1].log_softmax(-1)
+        total = total + -logp[keep].gather(-1, target[keep, None]).sum()
+        count += int(keep.sum())
+        logits.append(out.logits[0])
+    return total / count, logits
+
+
+def test_packed_row_is_trls_padding_free_layout(models):
+    _, processor = models()
+    packed = MiniLlavaDataCollator(processor, padding_free=True)(ROWS)
+    samples = [alone(processor, row) for row in ROWS]
+    # TRL's own padding_free collator on the same per-row ids and labels gives every key but pixel_values.
+    trl = DataCollatorForLanguageModeling(pad_token_id=processor.pad_token_id, padding_free=True)(
+        [{"input_ids": s["input_ids"][0].tolist(), "labels": s["labels"][0].tolist()} for s in samples]
+    )
+    assert set(packed) == set(trl) | {"pixel_values"} and "attention_mask" not in packed
+    for key, value in trl.items():
+        assert torch.equal(torch.as_tensor(packed[key]), torch.as_tensor(value)), key
+    lengths = [s["input_ids"].shape[1] for s in samples]
+    assert packed["input_ids"].shape == packed["labels"].shape == packed["position_ids"].shape == (1, sum(lengths))
+    assert packed["position_ids"][0].tolist() == [p for n in lengths for p in range(n)]
+    assert packed["cu_seq_lens_q"].tolist() == [0, lengths[0], sum(lengths[:2]), sum(lengths[:3]), sum(lengths)]
+    starts = packed["cu_seq_lens_q"][:-1].long()
+    assert (packed["labels"][0, starts] == IGNORE_INDEX).all()  # no target across a sample boundary
+    assert torch.equal(packed["input_ids"][0], torch.cat([s["input_ids"][0] for s in samples]))
+    assert torch.equal(packed["labels"][0], torch.cat([s["labels"][0] for s in samples]))  # their starts were -100
+    assert torch.equal(packed["pixel_values"], torch.cat([s["pixel_values"] for s in samples if "pixel_values" in s]))
+
+
+@pytest.mark.parametrize("llm, attn", [("qwen2", "eager"), ("qwen2", "sdpa"), ("llama", "sdpa")])
+def test_packed_loss_and_logits_equal_each_sample_alone(models, llm, attn):
+    model, processor = models(llm, attn)
+    assert model.config.text_config._attn_implementation == attn and model.dtype == torch.float32
+    packed = MiniLlavaDataCollator(processor, padding_free=True)(ROWS)
+    with torch.no_grad():
+        # use_cache=False as TRL passes it: masking_utils builds the block-diagonal mask only without a cache.
+        out = model(**packed, use_cache=False)
+        expected_loss, expected_logits = separate_reference(model, processor, ROWS)
+    torch.testing.assert_close(out.loss, expected_loss, rtol=1e-6, atol=1e-6)
+    bounds = packed["cu_seq_lens_q"].tolist()
+    for i, expected in enumerate(expected_logits):
+        torch.testing.assert_close(out.logits[0, bounds[i] : bounds[i + 1]], expected, rtol=1e-6, atol=1e-6)
+    # The padded batch of the same rows gives the same loss: packing changes the layout, not what is learned.
+    with torch.no_grad():
+        padded = model(**MiniLlavaDataCollator(processor)(ROWS))
+    torch.testing.assert_close(padded.loss, expected_loss, rtol=1e-5, atol=1e-5)
+
+
+def test_sft_trainer_trains_a_packed_step_with_the_loss_of_each_sample_alone(build, tmp_path):
+    model, processor = build(attn_implementation="sdpa")  # its own copy: training changes it
+    collator = MiniLlavaDataCollator(processor, padding_free=True)
+    args = SFTConfig(
+        output_dir=str(tmp_path / "run"), per_device_train_batch_size=len(ROWS), max_steps=1, learning_rate=1e-3,
+        use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no",
+        dataloader_num_workers=0, logging_steps=1, seed=0, max_length=None, remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+    )  # fmt: skip
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(ROWS), processing_class=processor,
+                         data_collator=collator)  # fmt: skip
+    batch = collator(ROWS)
+    model.eval()
+    with torch.no_grad():
+        expected, _ = separate_reference(model, processor, ROWS)
+        direct = model(**batch, use_cache=False).loss
+        fused = trainer.compute_loss(model, dict(batch))  # TRL's own path: fused LM head, use_cache=False
+    torch.testing.assert_close(direct, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+    projector = model.model.multi_modal_projector.linear_1.weight.detach().clone()
+    trainer.train()
+    (logged,) = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert math.isfinite(logged) and logged == pytest.approx(expected.item(), rel=1e-5)
+    assert trainer._total_train_tokens == batch["input_ids"].shape[1]  # TRL counts a packed row's tokens, no pad
+    assert not torch.equal(model.model.multi_modal_projector.linear_1.weight, projector)
