@@ -1,5 +1,8 @@
 """Export a saved MiniLlava `mlp2x_gelu` folder as a plain transformers Llava folder (LlavaForConditionalGeneration +
-LlavaProcessor) that AutoModelForImageTextToText / AutoProcessor, vLLM, SGLang and TGI load without trust_remote_code.
+LlavaProcessor) that AutoModelForImageTextToText / AutoProcessor, vLLM, SGLang and TGI load without trust_remote_code;
+an AnyRes model (config.image_grid_pinpoints) becomes a LlavaNext folder (LlavaNextForConditionalGeneration +
+LlavaNextProcessor, same pinpoints, image_newline included). LlavaNext has no token budget: a max_image_tokens is
+not carried over (logged), the export always uses the full grids.
 
     python scripts/export_llava.py --model outputs/stage2/final --out outputs/stage2/llava
 
@@ -12,6 +15,7 @@ under `generate`. Serving engines may ignore suppress_tokens; there the new id s
 """
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -28,6 +32,12 @@ UNSUPPORTED_PROJECTORS = {
     "perceiver": "a Perceiver resampler (learned latents attending to the features) is not Llava's per-token MLP",
     "pixel_shuffle_mlp": "space-to-depth merges vision tokens before the MLP, which Llava's per-token MLP does not do",
 }
+# AnyRes stitches each tile's token grid; only a per-token projector has a LlavaNext counterpart.
+UNSUPPORTED_ANYRES_PROJECTORS = {
+    "pixel_shuffle_mlp": "LlavaNext stitches one token per vision patch, but pixel shuffle merges r x r patches into "
+    "one token before the MLP",
+}
+logger = logging.getLogger("export_llava")
 STALE_TOKENIZER_KEYS = ("auto_map", "is_local", "local_files_only")
 # A short chat with an image, rendered and tokenized by both processors to prove the exported one gives the same ids.
 CHECK_MESSAGES = [
@@ -37,7 +47,13 @@ CHECK_MESSAGES = [
 ]
 
 
-def check_projector(projector_type: str) -> None:
+def check_projector(projector_type: str, anyres: bool = False) -> None:
+    if anyres and projector_type in UNSUPPORTED_ANYRES_PROJECTORS:
+        raise ValueError(
+            f"projector_type={projector_type!r} with AnyRes (image_grid_pinpoints) cannot be exported to LlavaNext: "
+            f"{UNSUPPORTED_ANYRES_PROJECTORS[projector_type]}; only 'mlp2x_gelu' exports (serve it with "
+            "trust_remote_code)."
+        )
     if projector_type in UNSUPPORTED_PROJECTORS:
         raise ValueError(
             f"projector_type={projector_type!r} cannot be exported to Llava: "
@@ -54,11 +70,14 @@ def sub_config_dict(config) -> dict:
 
 
 def build_llava_config(config):
-    """Every LlavaConfig field from ours, explicitly: Llava defaults to layer -2, strategy "default" (which would drop
-    a SigLIP patch), image_token_index 32000 and image_seq_length 576."""
-    from transformers import LlavaConfig
+    """Every LlavaConfig (LlavaNextConfig for AnyRes) field from ours, explicitly: Llava defaults to layer -2,
+    strategy "default" (which would drop a SigLIP patch), image_token_index 32000 and image_seq_length 576."""
+    from transformers import LlavaConfig, LlavaNextConfig
 
-    return LlavaConfig(
+    anyres = getattr(config, "image_grid_pinpoints", None) is not None
+    extra = {"image_grid_pinpoints": [list(p) for p in config.image_grid_pinpoints]} if anyres else {}
+    return (LlavaNextConfig if anyres else LlavaConfig)(
+        **extra,
         vision_config=sub_config_dict(config.vision_config),
         text_config=sub_config_dict(config.text_config),
         image_token_index=config.image_token_id,
@@ -76,7 +95,7 @@ def build_llava_processor(processor, config):
     """LlavaProcessor expands each image token to (H/patch)*(W/patch) + num_additional_image_tokens, minus 1 under
     the "default" strategy: a CLS tower (CLIP) counts its CLS as the additional token, so either strategy matches
     ours."""
-    from transformers import LlavaProcessor
+    from transformers import LlavaNextProcessor, LlavaProcessor
 
     from modeling_minillava.configuration_minillava import VISION_TOWERS
 
@@ -92,7 +111,8 @@ def build_llava_processor(processor, config):
         image_processor.crop_size = dict(image_processor.size)
     if tokenizer.pad_token is None:  # Llama 3 has none; batching needs one (padding positions are masked)
         tokenizer.pad_token = tokenizer.eos_token
-    return LlavaProcessor(
+    # AnyRes: our image processor already is LlavaNext's (same pinpoints); LlavaNextProcessor counts the same tokens.
+    return (LlavaNextProcessor if getattr(processor, "anyres", False) else LlavaProcessor)(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=config.vision_config.patch_size,
@@ -105,7 +125,9 @@ def build_llava_processor(processor, config):
 
 def sample_input_ids(processor) -> list[int]:
     text = processor.apply_chat_template(CHECK_MESSAGES, add_generation_prompt=True)
-    image = Image.new("RGB", (48, 40), (200, 30, 90))
+    # AnyRes: a wide strip, so the check covers a multi-tile grid with unpadding, not just the base tile.
+    size = (400, 90) if hasattr(processor.image_processor, "image_grid_pinpoints") else (48, 40)
+    image = Image.new("RGB", size, (200, 30, 90))
     return processor(images=[image], text=[text], return_tensors="pt")["input_ids"][0].tolist()
 
 
@@ -130,15 +152,21 @@ def disable_default_special_tokens(processor) -> None:
 
 
 def load_llava(model_dir: str, llava_config):
-    """Llava's own loader over our weight files (the key names match), strict: no missing or unexpected key."""
-    from transformers import LlavaForConditionalGeneration
+    """Llava's (LlavaNext's) own loader over our weight files (the key names match, image_newline too), strict: no
+    missing or unexpected key."""
+    from transformers import LlavaForConditionalGeneration, LlavaNextConfig, LlavaNextForConditionalGeneration
 
     with tempfile.TemporaryDirectory() as tmp:
         for name in os.listdir(model_dir):
             if name.endswith(".safetensors") or name.endswith(".safetensors.index.json"):
                 os.symlink(os.path.abspath(os.path.join(model_dir, name)), os.path.join(tmp, name))
         llava_config.save_pretrained(tmp)
-        model, info = LlavaForConditionalGeneration.from_pretrained(tmp, dtype="auto", output_loading_info=True)
+        cls = (
+            LlavaNextForConditionalGeneration
+            if isinstance(llava_config, LlavaNextConfig)
+            else LlavaForConditionalGeneration
+        )
+        model, info = cls.from_pretrained(tmp, dtype="auto", output_loading_info=True)
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if problems:
         raise ValueError(f"{model_dir}'s weights do not map onto Llava's: {problems}")
@@ -169,7 +197,12 @@ def export_llava(model_dir: str, out_dir: str) -> str:
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"--out {out_dir} is not empty; pick a new folder or delete it first.")
     config = MiniLlavaConfig.from_pretrained(model_dir)
-    check_projector(config.projector_type)
+    check_projector(config.projector_type, anyres=config.anyres)
+    if config.max_image_tokens is not None:
+        logger.warning(
+            f"max_image_tokens={config.max_image_tokens} is not carried over: LlavaNext has no token budget, so the "
+            "export gives every image its full grid (same weights, more image tokens for large images)."
+        )
     if config.image_token_id is None:
         raise ValueError(f"{model_dir}/config.json has no image_token_id; save the model built by from_backbones.")
     processor = MiniLlavaProcessor.from_pretrained(model_dir)
@@ -199,6 +232,7 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="a MiniLlava folder (model + processor save_pretrained)")
     parser.add_argument("--out", required=True, help="an empty or new folder for the Llava export")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(f"Llava export written to {export_llava(args.model, args.out)}")
 
 
