@@ -82,12 +82,8 @@ def test_single_tile_default_is_unchanged(build):
     assert not any("image_newline" in k for k in model.state_dict())
     assert model.config.count_image_tokens(3508, 2480) == model.config.num_image_tokens == 64
     batch = processor(images=[noise_image(700, 300, 0)], text=[processor.image_token], return_tensors="pt")
-    assert set(batch) == {"input_ids", "attention_mask", "pixel_values"} and batch["pixel_values"].shape == (
-        1,
-        3,
-        128,
-        128,
-    )
+    assert set(batch) == {"input_ids", "attention_mask", "pixel_values"}
+    assert batch["pixel_values"].shape == (1, 3, 128, 128)
 
 
 def batch_of(processor, images, **kwargs):
