@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -201,3 +202,53 @@ def test_cli_writes_the_same_export(exports, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     for name in ("config.json", "generation_config.json", "processor_config.json", "chat_template.jinja"):
         assert (out / name).read_text() == (case["out"] / name).read_text(), name
+
+
+def test_anyres_exports_as_llava_next_with_identical_logits_and_generation(build, export_llava, tmp_path):
+    """AnyRes on: the folder is LlavaNext (same pinpoints, image_newline), loaded by plain AutoClasses."""
+    from transformers import LlavaNextForConditionalGeneration, LlavaNextProcessor
+
+    model, processor = build(seed=1, max_tiles=4)
+    source = tmp_path / "minillava"
+    model.save_pretrained(source)
+    processor.save_pretrained(source)
+    out = export_llava(str(source), str(tmp_path / "llava_next"))
+    llava = AutoModelForImageTextToText.from_pretrained(out).eval()
+    llava_processor = AutoProcessor.from_pretrained(out)
+    assert type(llava) is LlavaNextForConditionalGeneration and type(llava_processor) is LlavaNextProcessor
+    assert llava.config.image_grid_pinpoints == model.config.image_grid_pinpoints
+    assert torch.equal(llava.model.image_newline, model.model.image_newline)
+    rng = np.random.default_rng(0)  # random pixels: a misplaced tile or token would change the logits
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(700, 300), (260, 900)]]
+    mm = llava_processor._get_num_multimodal_tokens(image_sizes=[(700, 300), (260, 900)])
+    assert mm.num_image_tokens == [model.config.count_image_tokens(*image.size[::-1]) for image in images]
+    ours, theirs = batch_with(processor, images), batch_with(llava_processor, images)
+    for key in ("input_ids", "attention_mask", "pixel_values", "image_sizes"):
+        assert torch.equal(ours[key], theirs[key]), key
+    with torch.no_grad():
+        assert torch.equal(model(**ours).logits, llava(**theirs).logits)
+        kwargs = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False}
+        assert torch.equal(model.generate(**ours, **kwargs), llava.generate(**theirs, **kwargs))
+
+
+def batch_with(processor, images):
+    texts = [processor.apply_chat_template(m, add_generation_prompt=True) for m in MESSAGES]
+    return processor(images=images, text=texts, padding=True, padding_side="left", return_tensors="pt")
+
+
+def test_anyres_with_pixel_shuffle_is_refused(backbones, export_llava, tmp_path):
+    from transformers import AutoConfig
+
+    from modeling_minillava import MiniLlavaConfig
+
+    source = tmp_path / "source"
+    MiniLlavaConfig(
+        vision_config=AutoConfig.from_pretrained(backbones["vision-siglip"]),
+        text_config=AutoConfig.from_pretrained(backbones["llm-qwen2"]),
+        projector_type="pixel_shuffle_mlp",
+        max_tiles=4,
+        image_token_id=6,
+    ).save_pretrained(source)
+    with pytest.raises(ValueError, match="'pixel_shuffle_mlp' with AnyRes .* cannot be exported to LlavaNext: .+"):
+        export_llava(str(source), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
