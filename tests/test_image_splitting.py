@@ -5,6 +5,7 @@ agree; identical logits to LlavaNextForConditionalGeneration on the same weights
 import importlib.util
 import logging
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -194,3 +195,21 @@ def test_clip_keeping_cls_is_refused_and_pixel_shuffle_tiles_stitch(backbones, b
     assert slots == [model.config.count_image_tokens(*im.size[::-1]) for im in images]
     with torch.no_grad():
         assert torch.isfinite(model(**batch).logits).all()
+
+
+def test_real_so400m_counts_hand_checked_and_equal_to_the_meta_model():
+    """bench/image_tokens.py's function on the real SigLIP-so400m config: an A4 page on LLaVA-NeXT's canvases is a 2x2
+    grid of 27x27 tiles = a 54x54 map; the page is narrower than the square canvas, so its width is
+    int(2480 * 54/3508) = 38, padding (54-38)//2 = 8 each side -> 38 columns + newline: 729 + 54 * 39 = 2835."""
+    if ROOT not in sys.path:  # bench/ is not an installed package (as tests/test_bench.py)
+        sys.path.insert(0, ROOT)
+    from bench import image_tokens as bench
+    from modeling_minillava import MiniLlavaModel
+
+    config = bench.build_config(image_grid_pinpoints=bench.LLAVA_NEXT_PINPOINTS)
+    assert bench.image_tokens(config, 3508, 2480) == 729 + 54 * 39
+    shuffled = bench.build_config(projector_type="pixel_shuffle_mlp", pixel_shuffle_factor=3, max_tiles=9)
+    with torch.device("meta"):
+        model = MiniLlavaModel(shuffled)
+    for height, width in bench.IMAGES.values():
+        assert bench.meta_model_tokens(model, height, width) == bench.image_tokens(shuffled, height, width)
