@@ -2,6 +2,7 @@
 --seed, every answer derivable from the rendered fields kept in `meta`, ~25% unanswerable questions.
 
     python -m data_scripts.make_synthetic --out DIR --n 500 --seed 0
+    python -m data_scripts.make_synthetic --out DIR --n 2000 --variant highres --tile_size 384
 """
 
 import argparse
@@ -23,9 +24,12 @@ from data_scripts.manifest import build_manifest
 from data_scripts.schema import ABSTAIN_ANSWER, FEATURES, SPLITS, encode_png, make_row, save_dataset_dict, validate_row
 from data_scripts.synth_canvas import finish
 from data_scripts.synth_docs import render_form, render_invoice, render_memo, render_receipt, render_table
+from data_scripts.synth_highres import DEFAULT_TILE_SIZE, HIGHRES_KINDS, LAYOUTS, task_of, text_plan
 from data_scripts.synth_ui import render_dialog, render_login, render_menu, render_notification, render_settings
 
 SOURCE = "synthetic"
+HIGHRES_SOURCE = "synthetic_highres"
+VARIANTS = ("standard", "highres")
 DOC_KINDS = {
     "invoice": render_invoice,
     "receipt": render_receipt,
@@ -51,6 +55,8 @@ ANSWERABLE_WEIGHTS = {
     "layout": 0.15,
     "doc_type": 0.15,
 }
+# highres asks only what needs reading small text: field lookups (key_value) and UI labels / totals (extraction).
+HIGHRES_WEIGHTS = {"key_value": 0.5, "extraction": 0.5}
 UNANSWERABLE_SHARE = 0.25
 SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 DOC_TYPE_QUESTION = "What kind of document or screen is this?"
@@ -83,18 +89,41 @@ def derive_answer(fields: dict, question_type: str, evidence: str):
     return value if isinstance(value, str) else None
 
 
-def choose_question(rng: random.Random, candidates, unanswerable_share: float):
+def choose_question(rng: random.Random, candidates, unanswerable_share: float, weights=ANSWERABLE_WEIGHTS):
     unanswerable = [c for c in candidates if c[0] == "unanswerable"]
     if unanswerable and rng.random() < unanswerable_share:
         return rng.choice(unanswerable)
     types = sorted({c[0] for c in candidates} - {"unanswerable"})
-    qtype = rng.choices(types, weights=[ANSWERABLE_WEIGHTS[t] for t in types])[0]
+    qtype = rng.choices(types, weights=[weights[t] for t in types])[0]
     return rng.choice([c for c in candidates if c[0] == qtype])
 
 
 def split_of(seed: int, index: int) -> str:
     u = random.Random(f"{seed}:{index}:split").random()  # own stream: split choice never shifts the content
     return "train" if u < SPLIT_FRACTIONS["train"] else "validation" if u < 1 - SPLIT_FRACTIONS["test"] else "test"
+
+
+def _checked_row(source, seed, index, kind, fields, candidate, image_bytes, meta) -> dict:
+    """One canonical row for a chosen candidate, after checking its answer derives from the rendered fields."""
+    qtype, question, answer, evidence = candidate
+    answerable = qtype != "unanswerable"
+    if derive_answer(fields, qtype, evidence) != (answer if answerable else ABSTAIN_ANSWER):
+        raise AssertionError(f"sample {index} ({kind}): {question!r} -> {answer!r} not derivable from {evidence!r}")
+    row = make_row(
+        id=f"{source}-{seed}-{index:06d}",
+        source=source,
+        split=split_of(seed, index),
+        image_bytes=image_bytes,
+        question=question,
+        answers=[answer] if answerable else [],
+        answerable=answerable,
+        question_type=qtype,
+        meta={"kind": kind, "fields": fields, "evidence": evidence, "seed": seed, "index": index, **meta},
+    )
+    problems = validate_row(row)
+    if problems:
+        raise AssertionError(f"sample {index}: invalid row {problems}")
+    return row
 
 
 def make_sample(seed: int, index: int, unanswerable_share: float = UNANSWERABLE_SHARE) -> dict:
@@ -104,27 +133,35 @@ def make_sample(seed: int, index: int, unanswerable_share: float = UNANSWERABLE_
     canvas, fields, candidates = KINDS[kind](rng)
     fields["doc_type"] = kind
     candidates = [*candidates, ("doc_type", DOC_TYPE_QUESTION, kind, "doc_type")]
-    qtype, question, answer, evidence = choose_question(rng, candidates, unanswerable_share)
+    candidate = choose_question(rng, candidates, unanswerable_share)
     image = finish(canvas, rng, rotate=kind in DOC_KINDS)
-    answerable = qtype != "unanswerable"
-    if derive_answer(fields, qtype, evidence) != (answer if answerable else ABSTAIN_ANSWER):
-        raise AssertionError(f"sample {index} ({kind}): {question!r} -> {answer!r} not derivable from {evidence!r}")
-    meta = {"kind": kind, "fields": fields, "texts": canvas.texts, "evidence": evidence, "seed": seed, "index": index}
-    row = make_row(
-        id=f"{SOURCE}-{seed}-{index:06d}",
-        source=SOURCE,
-        split=split_of(seed, index),
-        image_bytes=encode_png(image),
-        question=question,
-        answers=[answer] if answerable else [],
-        answerable=answerable,
-        question_type=qtype,
-        meta=meta,
-    )
-    problems = validate_row(row)
-    if problems:
-        raise AssertionError(f"sample {index}: invalid row {problems}")
-    return row
+    return _checked_row(SOURCE, seed, index, kind, fields, candidate, encode_png(image), {"texts": canvas.texts})
+
+
+def make_highres_sample(
+    seed: int, index: int, unanswerable_share: float = UNANSWERABLE_SHARE, tile_size: int = DEFAULT_TILE_SIZE
+) -> dict:
+    """One high-resolution row (synth_highres): no noise or rotation, so the recorded answer box is exact; meta
+    keeps the box, font size, AnyRes grid and the answer's cap height squashed vs tiled."""
+    rng = random.Random(f"{seed}:{index}:highres")
+    kind = rng.choice(sorted(HIGHRES_KINDS))
+    plan = text_plan(kind, tile_size)
+    sheet, fields, candidates = HIGHRES_KINDS[kind](rng, plan)
+    candidate = choose_question(rng, candidates, unanswerable_share, HIGHRES_WEIGHTS)
+    qtype, _, _, evidence = candidate
+    meta = {
+        "variant": "highres",
+        "texts": sheet.canvas.texts,
+        "task": task_of(qtype, evidence),
+        "tile_size": tile_size,
+        "grid": list(plan.grid),
+        "font_size": plan.font_size,
+        "cap_px": plan.cap_px,
+        "cap_px_squashed": round(plan.squashed_px, 3),
+        "cap_px_tiled": round(plan.tiled_px, 3),
+        "answer_drawn": sheet.boxes.get(evidence) if qtype != "unanswerable" else None,
+    }
+    return _checked_row(HIGHRES_SOURCE, seed, index, kind, fields, candidate, sheet.encode(), meta)
 
 
 def content_key(row) -> str:
@@ -134,12 +171,16 @@ def content_key(row) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _make_sample_star(args):
-    return make_sample(*args)
+def _make_sample_star(job):
+    fn, args = job
+    return fn(*args)
 
 
-def generate_rows(n: int, seed: int, num_proc: int, unanswerable_share: float):
-    jobs = [(seed, i, unanswerable_share) for i in range(n)]
+def generate_rows(n: int, seed: int, num_proc: int, unanswerable_share: float, variant: str, tile_size: int):
+    if variant == "highres":
+        jobs = [(make_highres_sample, (seed, i, unanswerable_share, tile_size)) for i in range(n)]
+    else:
+        jobs = [(make_sample, (seed, i, unanswerable_share)) for i in range(n)]
     if num_proc <= 1:
         yield from tqdm(map(_make_sample_star, jobs), total=n, desc="synthetic", unit="img")
         return
@@ -147,18 +188,63 @@ def generate_rows(n: int, seed: int, num_proc: int, unanswerable_share: float):
         yield from tqdm(pool.imap(_make_sample_star, jobs, chunksize=16), total=n, desc="synthetic", unit="img")
 
 
+def _variant_extra(variant: str, tile_size: int, splits: dict) -> dict:
+    """Manifest keys of the highres variant: image sizes, the text plan per kind, rows per task."""
+    if variant != "highres":
+        return {}
+    plans = {kind: text_plan(kind, tile_size) for kind in sorted(HIGHRES_KINDS)}
+    tasks = Counter(json.loads(m)["task"] for ds in splits.values() for m in ds["meta"])
+    return {
+        "variant": variant,
+        "tile_size": tile_size,
+        "image_sizes": {kind: list(LAYOUTS[kind]) for kind in plans},
+        "text_plan": {
+            kind: {
+                "grid_cols_rows": list(p.grid),
+                "font_size": p.font_size,
+                "cap_px": p.cap_px,
+                "cap_px_squashed": round(p.squashed_px, 3),
+                "cap_px_tiled": round(p.tiled_px, 3),
+            }
+            for kind, p in plans.items()
+        },
+        "tasks": dict(sorted(tasks.items())),
+    }
+
+
 def build_synthetic(
-    out: str, n: int = 500, seed: int = 0, num_proc: int = 1, unanswerable_share: float = UNANSWERABLE_SHARE
+    out: str,
+    n: int = 500,
+    seed: int = 0,
+    num_proc: int = 1,
+    unanswerable_share: float = UNANSWERABLE_SHARE,
+    variant: str = "standard",
+    tile_size: int = DEFAULT_TILE_SIZE,
 ) -> dict:
-    """Renders n rows, splits them, drops cross-split near duplicates, writes out/ + manifest; returns manifest."""
+    """Renders n rows, splits them, drops cross-split near duplicates, writes out/ + manifest; returns manifest.
+    variant="highres" renders synth_highres' large images with small answers, sized for `tile_size` tiles."""
     if not 1 <= n <= 1_000_000:
         raise ValueError(f"--n {n}: use 200..100000 rows (tests use fewer)")
+    if variant not in VARIANTS:
+        raise ValueError(f"--variant {variant!r}: use one of {VARIANTS}")
+    if variant == "highres":
+        if tile_size < 16:
+            raise ValueError(f"--tile_size {tile_size}: use the vision tower's image_size (e.g. 384, or 128)")
+        for kind in HIGHRES_KINDS:  # fails before rendering when the grid cannot separate the two views
+            text_plan(kind, tile_size)
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=parent, prefix=".synthetic-") as tmp:
         full = datasets.Dataset.from_generator(
             generate_rows,
-            gen_kwargs={"n": n, "seed": seed, "num_proc": num_proc, "unanswerable_share": unanswerable_share},
+            gen_kwargs={
+                "n": n,
+                "seed": seed,
+                "num_proc": num_proc,
+                "unanswerable_share": unanswerable_share,
+                "variant": variant,
+                "tile_size": tile_size,
+            },
             features=FEATURES,
             cache_dir=os.path.join(tmp, "cache"),
             fingerprint=uuid.uuid4().hex,
@@ -173,7 +259,7 @@ def build_synthetic(
         manifest = build_manifest(
             splits=splits,
             source="data_scripts.make_synthetic",
-            converter=SOURCE,
+            converter=HIGHRES_SOURCE if variant == "highres" else SOURCE,
             seed=seed,
             deduped=deduped,
             extra={
@@ -183,6 +269,7 @@ def build_synthetic(
                 "near_duplicate_definition": "same kind + rendered fields",
                 "phash_near_template_pairs_kept": {f"{s}/{r}": c for (s, r), c in template_near.items()},
                 "abstain_answer": ABSTAIN_ANSWER,
+                **_variant_extra(variant, tile_size, splits),
             },
         )
         staged = os.path.join(tmp, "out")
@@ -200,8 +287,22 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_proc", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--unanswerable_share", type=float, default=UNANSWERABLE_SHARE)
+    p.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="standard",
+        help="highres: A4 pages, wide dashboards and tall phone screens whose answers are in small text",
+    )
+    p.add_argument(
+        "--tile_size",
+        type=int,
+        default=DEFAULT_TILE_SIZE,
+        help="highres only: the vision tower's image_size the small text is sized against (384 SigLIP, 128 tiny)",
+    )
     args = p.parse_args(argv)
-    manifest = build_synthetic(args.out, args.n, args.seed, args.num_proc, args.unanswerable_share)
+    manifest = build_synthetic(
+        args.out, args.n, args.seed, args.num_proc, args.unanswerable_share, args.variant, args.tile_size
+    )
     counts = {s: c["rows"] for s, c in manifest["splits"].items()}
     print(
         f"[synthetic] rows {counts}; deduplicated {manifest['deduplicated']}; "
