@@ -27,7 +27,9 @@ setup(
     long_description=pathlib.Path("README.md").read_text() if pathlib.Path("README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["modeling_minillava", "processing", "data_scripts", "metrics", "metrics.*"]),
+    packages=find_packages(
+        include=["modeling_minillava", "processing", "data_scripts", "metrics", "metrics.*", "recipes"]
+    ),
     py_modules=["run_sft", "run_eval"],
     install_requires=CORE,
     extras_require={

@@ -76,3 +76,42 @@ def build_manifest(
         "fingerprint": fingerprint(splits),
         **(extra or {}),
     }
+
+
+def machine_info() -> dict:
+    """The machine a run or a benchmark ran on (CPU model from /proc/cpuinfo: platform.processor() is often '' on
+    Linux; the GPU when there is one). The one helper runs, benchmarks and reports record it with."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        cpu = ""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu_model": cpu or platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "gpu_count": torch.cuda.device_count(),
+    }
+
+
+PACKAGES = ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "deepspeed"]
+
+
+def package_versions(packages: list[str] = PACKAGES) -> dict:
+    """Installed version of each package (None when absent)."""
+    import importlib.metadata as md
+
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    return versions

@@ -24,6 +24,8 @@ python run_eval.py --model "$OUT/stage1" --dataset "$OUT/data/synthetic" --split
 python run_sft.py "$OUT/recipes/stage2.yaml"
 python run_eval.py --model "$OUT/stage2/merged" --dataset "$OUT/data/synthetic" --split test \
   --threshold_split validation --save_threshold --output_dir "$OUT/eval/stage2"
-# 6. The final model (with its fitted abstention threshold) where the demo looks for it, and the summary.
+# 6. The final model (with its fitted abstention threshold) where the demo looks for it, its card re-pointed at the
+#    copy (`--model_id your-org/name` instead before pushing it to the Hub), and the summary.
 rm -rf "$OUT/final" && cp -r "$OUT/stage2/merged" "$OUT/final"
+python -m recipes.provenance "$OUT/final"
 python scripts/smoke_summary.py --out "$OUT" --seconds $(( $(date +%s) - START ))

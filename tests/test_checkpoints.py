@@ -1,4 +1,4 @@
-"""Checkpoints that cannot be lost (run_sft.CheckpointGuard): a kill at every phase of a save and of rotation, for
+"""Checkpoints that cannot be lost (checkpoints.CheckpointGuard): a kill at every phase of a save and of rotation, for
 save_total_limit 1 and 2, resumes to the identical loss curve, token count and collator stats; a vouched-for
 checkpoint with a missing or cut-short file is refused, named in the log, and the previous whole one is used (or,
 with none left, a fresh start).
@@ -19,8 +19,9 @@ import pytest
 import yaml
 from transformers import Trainer, TrainerState
 
-import run_sft
+import recipes
 from data_scripts.make_synthetic import build_synthetic
+from recipes import checkpoints
 
 KILL_STEP, MAX_STEPS = 3, 4  # 6 rows, 2 per batch: 3 steps per epoch, so step 2 saves mid-epoch, step 3 at its end
 # Phases of the save of KILL_STEP, in order, and the checkpoint a resume must pick from what each leaves on disk.
@@ -121,14 +122,14 @@ def capture_phases(monkeypatch, out: Path, snapshots: Path) -> None:
     )
     monkeypatch.setattr(TrainerState, "save_to_json", before("rng_written", TrainerState.save_to_json))
     monkeypatch.setattr(
-        run_sft.CheckpointGuard, "on_save", before("trainer_state_written", run_sft.CheckpointGuard.on_save)
+        checkpoints.CheckpointGuard, "on_save", before("trainer_state_written", checkpoints.CheckpointGuard.on_save)
     )
-    monkeypatch.setattr(run_sft, "write_manifest", before("counters_written", run_sft.write_manifest))
-    monkeypatch.setattr(run_sft, "rotate_checkpoints", before("manifest_written", run_sft.rotate_checkpoints))
+    monkeypatch.setattr(checkpoints, "write_manifest", before("counters_written", checkpoints.write_manifest))
+    monkeypatch.setattr(checkpoints, "rotate_checkpoints", before("manifest_written", checkpoints.rotate_checkpoints))
     replace, rmtree = os.replace, shutil.rmtree
 
     def replace_marker(src, dst, *args, **kwargs):
-        if str(dst).endswith(run_sft.COMPLETE_MARKER):
+        if str(dst).endswith(checkpoints.COMPLETE_MARKER):
             snapshot("manifest_tmp_written")
         return replace(src, dst, *args, **kwargs)
 
@@ -154,20 +155,20 @@ def reference(request, tmp_path_factory, backbones, synthetic) -> dict:
     out, snapshots = folder / "run", folder / "snapshots"
     with pytest.MonkeyPatch.context() as monkeypatch:
         capture_phases(monkeypatch, out, snapshots)
-        summary = run_sft.main([write_recipe(folder, out, backbones, synthetic, save_total_limit=limit)])
+        summary = recipes.run([write_recipe(folder, out, backbones, synthetic, save_total_limit=limit)])
     history = json.loads((out / f"checkpoint-{MAX_STEPS}" / "trainer_state.json").read_text())["log_history"]
     return {"limit": limit, "folder": folder, "out": out, "snapshots": snapshots, "summary": summary,
             "tokens": {e["step"]: e["num_tokens"] for e in history if "num_tokens" in e}}  # fmt: skip
 
 
 def whole_checkpoints(out: Path) -> list[str]:
-    return [Path(c).name for c in run_sft.list_checkpoints(str(out)) if run_sft.checkpoint_problem(c) is None]
+    return [Path(c).name for c in checkpoints.list_checkpoints(str(out)) if checkpoints.checkpoint_problem(c) is None]
 
 
 def resume(reference: dict, backbones, synthetic, out: Path, checkpoint: str = "true") -> dict:
     """The reference run's recipe, pointed at `out` (a copy of what a kill left), resumed in this process."""
     recipe = write_recipe(reference["folder"], out, backbones, synthetic, save_total_limit=reference["limit"])
-    return run_sft.main([recipe, "--resume_from_checkpoint", checkpoint])
+    return recipes.run([recipe, "--resume_from_checkpoint", checkpoint])
 
 
 def assert_same_run(summary: dict, out: Path, reference: dict) -> None:
@@ -179,11 +180,11 @@ def assert_same_run(summary: dict, out: Path, reference: dict) -> None:
     assert summary["collator"]["seen"] > 0
     history = json.loads((out / f"checkpoint-{MAX_STEPS}" / "trainer_state.json").read_text())["log_history"]
     assert {e["step"]: e["num_tokens"] for e in history if "num_tokens" in e} == reference["tokens"]
-    counters = f"checkpoint-{MAX_STEPS}/{run_sft.COUNTERS_FILE.format(rank=0)}"
+    counters = f"checkpoint-{MAX_STEPS}/{checkpoints.COUNTERS_FILE.format(rank=0)}"
     assert json.loads((out / counters).read_text()) == json.loads((reference["out"] / counters).read_text())
     limit = reference["limit"]  # rotation after the resume: the newest `limit` whole ones, no leftovers
     assert whole_checkpoints(out) == [f"checkpoint-{s}" for s in range(MAX_STEPS - limit + 1, MAX_STEPS + 1)]
-    assert [Path(c).name for c in run_sft.list_checkpoints(str(out))] == whole_checkpoints(out)
+    assert [Path(c).name for c in checkpoints.list_checkpoints(str(out))] == whole_checkpoints(out)
 
 
 def test_reference_run_keeps_the_limit_and_saw_every_phase(reference):
@@ -193,26 +194,26 @@ def test_reference_run_keeps_the_limit_and_saw_every_phase(reference):
     rotated = f"checkpoint-{KILL_STEP - limit}"  # rotation at KILL_STEP deletes it; the snapshots caught it midway
     files = {n: len(list((snapshots / n / rotated).rglob("*"))) for n in PHASE_NAMES_ROTATION}
     assert 0 < files["rotation_half_deleted"] < files["rotation_unmarked"]
-    assert (snapshots / "manifest_written" / rotated / run_sft.COMPLETE_MARKER).exists()
+    assert (snapshots / "manifest_written" / rotated / checkpoints.COMPLETE_MARKER).exists()
     assert not (snapshots / "saved" / rotated).exists()
     assert whole_checkpoints(out) == [f"checkpoint-{s}" for s in range(MAX_STEPS - limit + 1, MAX_STEPS + 1)]
-    counters = json.loads((out / f"checkpoint-{MAX_STEPS}" / run_sft.COUNTERS_FILE.format(rank=0)).read_text())
+    counters = json.loads((out / f"checkpoint-{MAX_STEPS}" / checkpoints.COUNTERS_FILE.format(rank=0)).read_text())
     assert counters["num_tokens"] == reference["summary"]["num_tokens"] == reference["tokens"][MAX_STEPS]
-    manifest = json.loads((out / f"checkpoint-{MAX_STEPS}" / run_sft.COMPLETE_MARKER).read_text())
+    manifest = json.loads((out / f"checkpoint-{MAX_STEPS}" / checkpoints.COMPLETE_MARKER).read_text())
     assert manifest["global_step"] == MAX_STEPS
     assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
-            run_sft.COUNTERS_FILE.format(rank=0)} <= set(manifest["files"])  # fmt: skip
+            checkpoints.COUNTERS_FILE.format(rank=0)} <= set(manifest["files"])  # fmt: skip
 
 
 @pytest.mark.parametrize("phase", PHASES, ids=[name for name, _ in PHASES])
 def test_kill_at_every_phase_resumes_to_the_same_run(reference, phase, backbones, synthetic, caplog):
     name, resume_step = phase
-    caplog.set_level(logging.INFO, logger="run_sft")
+    caplog.set_level(logging.INFO, logger="recipes.checkpoints")
     out = reference["snapshots"] / name
     rotated = out / f"checkpoint-{KILL_STEP - reference['limit']}"  # what rotation at KILL_STEP deletes
     if name.startswith("rotation_"):  # a leftover: there, but without its manifest
-        assert rotated.is_dir() and not (rotated / run_sft.COMPLETE_MARKER).exists()
-    assert run_sft.last_complete_checkpoint(str(out)) == str(out / f"checkpoint-{resume_step}")
+        assert rotated.is_dir() and not (rotated / checkpoints.COMPLETE_MARKER).exists()
+    assert checkpoints.last_complete_checkpoint(str(out)) == str(out / f"checkpoint-{resume_step}")
     summary = resume(reference, backbones, synthetic, out)
     assert summary["resumed_from"] == str(out / f"checkpoint-{resume_step}")
     assert f"Resuming from {out / f'checkpoint-{resume_step}'}" in caplog.text
@@ -232,7 +233,7 @@ def test_vouched_for_checkpoint_with_a_damaged_file_is_refused(reference, damage
     with pytest.raises(ValueError, match=f"{damage.split()[0]} (is missing|has \\d+ bytes)"):  # an explicit path
         resume(reference, backbones, synthetic, out, checkpoint=str(newest))
     caplog.clear()
-    caplog.set_level(logging.INFO, logger="run_sft")
+    caplog.set_level(logging.INFO, logger="recipes.checkpoints")
     summary = resume(reference, backbones, synthetic, out)  # `true`: the newest whole one
     assert f"Not resuming from {newest}: {damage.split()[0]}" in caplog.text
     if reference["limit"] == 2:  # the previous whole checkpoint
@@ -251,35 +252,35 @@ def make_checkpoint(out: Path, step: int, whole: bool = True) -> Path:
     for name, size in (("model.safetensors", 64), ("optimizer.pt", 128), ("trainer_state.json", 8)):
         (path / name).write_bytes(bytes(size))
     if whole:
-        run_sft.write_manifest(str(path), step)
+        checkpoints.write_manifest(str(path), step)
     return path
 
 
 def names(out: Path) -> list[str]:
-    return [Path(c).name for c in run_sft.list_checkpoints(str(out))]
+    return [Path(c).name for c in checkpoints.list_checkpoints(str(out))]
 
 
 @pytest.mark.parametrize("limit", [1, 2])
 def test_leftovers_do_not_count_and_the_newest_whole_one_survives(tmp_path, limit):
     make_checkpoint(tmp_path, 1)
     half = make_checkpoint(tmp_path, 2)  # rotation was killed halfway through deleting it: manifest gone first
-    (half / run_sft.COMPLETE_MARKER).unlink()
+    (half / checkpoints.COMPLETE_MARKER).unlink()
     (half / "model.safetensors").unlink()
     make_checkpoint(tmp_path, 3)
     make_checkpoint(tmp_path, 5, whole=False)  # a save killed halfway, later than the current one
     current = make_checkpoint(tmp_path, 4)
-    run_sft.rotate_checkpoints(str(tmp_path), limit, [str(current), None])
+    checkpoints.rotate_checkpoints(str(tmp_path), limit, [str(current), None])
     assert names(tmp_path) == ["checkpoint-3", "checkpoint-4"][-limit:]
-    assert run_sft.last_complete_checkpoint(str(tmp_path)) == str(current)
+    assert checkpoints.last_complete_checkpoint(str(tmp_path)) == str(current)
 
 
 def test_rotation_keeps_the_best_checkpoint(tmp_path):
     for step in (1, 2, 3):
         make_checkpoint(tmp_path, step)
     best = str(tmp_path / "checkpoint-1")
-    run_sft.rotate_checkpoints(str(tmp_path), 1, [str(tmp_path / "checkpoint-3"), best])
+    checkpoints.rotate_checkpoints(str(tmp_path), 1, [str(tmp_path / "checkpoint-3"), best])
     assert names(tmp_path) == ["checkpoint-1", "checkpoint-3"]
-    run_sft.rotate_checkpoints(str(tmp_path), None, [])  # no limit: nothing deleted, as with the Trainer
+    checkpoints.rotate_checkpoints(str(tmp_path), None, [])  # no limit: nothing deleted, as with the Trainer
     assert names(tmp_path) == ["checkpoint-1", "checkpoint-3"]
 
 
@@ -288,22 +289,22 @@ def test_rotation_keeps_the_best_checkpoint(tmp_path):
     [
         (lambda p: (p / "optimizer.pt").unlink(), "optimizer.pt is missing (128 bytes when saved)"),
         (lambda p: cut_short(p / "model.safetensors"), "model.safetensors has 32 bytes, 64 when saved"),
-        (lambda p: (p / run_sft.COMPLETE_MARKER).write_text(""), "holds no manifest"),  # an older run_sft's marker
-        (lambda p: (p / run_sft.COMPLETE_MARKER).unlink(), f"no {run_sft.COMPLETE_MARKER}"),
+        (lambda p: (p / checkpoints.COMPLETE_MARKER).write_text(""), "holds no manifest"),  # an older run_sft's marker
+        (lambda p: (p / checkpoints.COMPLETE_MARKER).unlink(), f"no {checkpoints.COMPLETE_MARKER}"),
         (lambda p: p.rename(p.parent / "checkpoint-9"), "its manifest is for step 2"),
     ],
 )
 def test_checkpoint_problem_names_what_is_wrong(tmp_path, damage, problem, caplog):
     make_checkpoint(tmp_path, 1)
     damage(make_checkpoint(tmp_path, 2))
-    assert run_sft.last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-1")
+    assert checkpoints.last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-1")
     assert problem in caplog.text
 
 
 def test_later_checkpoints_are_disowned_when_a_run_starts_before_them(tmp_path):
     for step in (2, 4, 6):
         make_checkpoint(tmp_path, step)
-    run_sft.disown_later_checkpoints(str(tmp_path), 4)
+    checkpoints.disown_later_checkpoints(str(tmp_path), 4)
     assert whole_checkpoints(tmp_path) == ["checkpoint-2", "checkpoint-4"]
     assert (tmp_path / "checkpoint-6" / "model.safetensors").exists()  # files stay until overwritten or rotated
 
@@ -311,15 +312,15 @@ def test_later_checkpoints_are_disowned_when_a_run_starts_before_them(tmp_path):
 def test_counters_restore_into_the_collator_types(tmp_path):
     collator = types.SimpleNamespace(stats={"seen": 0, "kept": 0, "all_masked": 0, "skipped": Counter()})
     trainer = types.SimpleNamespace(args=types.SimpleNamespace(process_index=0), data_collator=collator)
-    guard = run_sft.CheckpointGuard(trainer, collator)
+    guard = checkpoints.CheckpointGuard(trainer, collator)
     assert trainer.data_collator is guard.batches  # the Trainer's DataLoader collates through the guard
     saved = {"num_tokens": 1234, "collator": {"seen": 9, "kept": 7, "all_masked": 1, "skipped": {"too_long": 1}}}
-    (tmp_path / run_sft.COUNTERS_FILE.format(rank=0)).write_text(json.dumps(saved))
+    (tmp_path / checkpoints.COUNTERS_FILE.format(rank=0)).write_text(json.dumps(saved))
     guard.restore(str(tmp_path))
     assert trainer._total_train_tokens == 1234
     collator.stats["skipped"]["too_long"] += 1  # still a Counter: new reasons and increments work
     collator.stats["skipped"]["unreadable_image"] += 1
     assert collator.stats == {"seen": 9, "kept": 7, "all_masked": 1,
                               "skipped": Counter(too_long=2, unreadable_image=1)}  # fmt: skip
-    assert run_sft.stats_minus(collator.stats, {"seen": 2, "skipped": {"too_long": 2}}) == {
+    assert checkpoints.stats_minus(collator.stats, {"seen": 2, "skipped": {"too_long": 2}}) == {
         "seen": 7, "kept": 7, "all_masked": 1, "skipped": {"unreadable_image": 1}}  # fmt: skip

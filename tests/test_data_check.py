@@ -8,7 +8,7 @@ import datasets
 import pytest
 import yaml
 
-import run_sft
+import recipes
 from data_scripts.check_rows import check_rows
 from data_scripts.make_synthetic import build_synthetic
 from data_scripts.schema import load_dataset_dir
@@ -62,7 +62,7 @@ def write_recipe(path, backbones, data, output_dir, **overrides) -> str:
 
 def test_run_trains_on_the_good_rows_and_names_the_bad_ones(backbones, bad_data, tmp_path):
     out = tmp_path / "run"
-    summary = run_sft.main([write_recipe(tmp_path / "r.yaml", backbones, bad_data, out)])
+    summary = recipes.run([write_recipe(tmp_path / "r.yaml", backbones, bad_data, out)])
     assert summary["train_rows"] == N_ROWS - 3
     assert sum(summary["collator"]["skipped"].values()) == 0 and summary["collator"]["all_masked"] == 0
     report = json.loads((out / "data_check.json").read_text())
@@ -77,10 +77,10 @@ def test_run_trains_on_the_good_rows_and_names_the_bad_ones(backbones, bad_data,
 def test_more_bad_rows_than_max_skip_fraction_refuse_the_run_before_any_model(
     backbones, bad_data, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(run_sft, "build_model", lambda *a, **k: pytest.fail("a model was built"))
+    monkeypatch.setattr(recipes.builder, "build_model", lambda *a, **k: pytest.fail("a model was built"))
     recipe = write_recipe(tmp_path / "r.yaml", backbones, bad_data, tmp_path / "run", max_skip_fraction=0.01)
     with pytest.raises(ValueError, match=r"3 of 200 rows dropped \(1\.5%\).*more than max_skip_fraction=1\.0%"):
-        run_sft.main([recipe])
+        recipes.run([recipe])
     assert json.loads((tmp_path / "run" / "data_check.json").read_text())["splits"][0]["kept"] == N_ROWS - 3
 
 
@@ -104,9 +104,9 @@ def test_without_max_length_rows_beyond_the_llms_context_are_dropped(backbones, 
     """`max_length: null`: the LLM's own context (4096 for the tiny Qwen2) is the limit, so a 20,000-token row is
     dropped before training instead of allocating tens of GB at its first step."""
     path = write_recipe(tmp_path / "r.yaml", backbones, bad_data, tmp_path / "run", max_length=None)
-    model_args, data_args, training_args = run_sft.parse_args([path])
-    processor, config = run_sft.build_processor(model_args)
-    collator = run_sft.build_collator(model_args, data_args, training_args, processor, config)
+    model_args, data_args, training_args = recipes.parse_recipe([path])
+    processor, config = recipes.build_processor(model_args)
+    collator = recipes.build_collator(model_args, data_args, training_args, processor, config)
     assert collator.max_length == config.text_config.max_position_embeddings == 4096
     row = dict(load_dataset_dir(bad_data)["train"][0])
     row["messages"][1]["content"][0]["text"] = "Acme Corp invoice total " * 5000

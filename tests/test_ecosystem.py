@@ -12,14 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
-import run_eval
-import run_sft
+import recipes
 from data_scripts.make_synthetic import build_synthetic
 from data_scripts.schema import load_dataset_dir
+from metrics import evaluation
 from metrics.model_card import write_model_card
 from modeling_minillava import MiniLlavaForConditionalGeneration
 from processing import MiniLlavaProcessor
 from processing.collator import MiniLlavaDataCollator
+from recipes.builder import lora_config
+from recipes.provenance import portable_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "What is the invoice total?"
@@ -73,7 +75,7 @@ def stage2(work, model_dir, synthetic) -> Path:
     recipe.write_text((ROOT / "recipes/smoke/stage2.yaml").read_text().replace("OUT_DIR", str(work)))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)  # launched from the folder holding stage1/, as scripts/smoke.sh runs from above outputs/
-        run_sft.main(
+        recipes.run(
             [str(recipe), "--max_steps", "2", "--per_device_train_batch_size", "2", "--max_train_samples", "8",
              "--warmup_steps", "0", "--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "2",
              "--report_to", "none"]
@@ -195,7 +197,7 @@ def test_auto_peft_loads_the_stage2_adapter_like_peft_and_merged(stage2, model_d
 
 
 def test_auto_peft_keeps_the_vocabulary_when_the_image_token_was_added(build, tmp_path, monkeypatch):
-    from peft import AutoPeftModelForCausalLM, PeftModel
+    from peft import AutoPeftModelForCausalLM, PeftModel, get_peft_model
 
     model, processor = build(llm="llama", seed=0)  # the Llama stand-in reserves no image token
     vocab_size = model.config.text_config.vocab_size
@@ -203,7 +205,7 @@ def test_auto_peft_keeps_the_vocabulary_when_the_image_token_was_added(build, tm
     monkeypatch.chdir(tmp_path)
     model.save_pretrained("base")
     base = MiniLlavaForConditionalGeneration.from_pretrained("base")  # name_or_path "base": the adapter's base
-    adapter = run_sft.apply_train_plan(base, run_sft.ModelArguments(lora_r=4), gradient_checkpointing=False)
+    adapter = get_peft_model(base, lora_config(base, recipes.ModelArguments(lora_r=4)))  # what SFTTrainer applies
     adapter.save_pretrained("adapter")
     processor.save_pretrained("adapter")  # as run_sft does: the processor goes with the adapter
     # The adapter folder's tokenizer is one longer than the table (the placeholder): AutoPeft asks for a resize,
@@ -225,11 +227,11 @@ def test_auto_peft_keeps_the_vocabulary_when_the_image_token_was_added(build, tm
 def test_portable_reference(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "outputs" / "stage1").mkdir(parents=True)
-    assert run_sft.portable_reference(str(tmp_path / "outputs" / "stage1")) == "outputs/stage1"  # below the cwd
-    assert run_sft.portable_reference("/elsewhere/models/stage1/") == "stage1"  # outside it: the folder name
-    assert run_sft.portable_reference("outputs/stage1") == "outputs/stage1"  # relative: as the recipe gave it
-    assert run_sft.portable_reference("Qwen/Qwen2.5-1.5B-Instruct") == "Qwen/Qwen2.5-1.5B-Instruct"  # a Hub id
-    assert run_sft.portable_reference("") == ""  # from_backbones' top-level name
+    assert portable_reference(str(tmp_path / "outputs" / "stage1")) == "outputs/stage1"  # below the cwd
+    assert portable_reference("/elsewhere/models/stage1/") == "stage1"  # outside it: the folder name
+    assert portable_reference("outputs/stage1") == "outputs/stage1"  # relative: as the recipe gave it
+    assert portable_reference("Qwen/Qwen2.5-1.5B-Instruct") == "Qwen/Qwen2.5-1.5B-Instruct"  # a Hub id
+    assert portable_reference("") == ""  # from_backbones' top-level name
 
 
 def test_saved_model_folder_names_no_local_path(model_dir, tmp_path_factory):
@@ -257,7 +259,7 @@ def test_stage2_run_output_names_no_local_path(stage2, tmp_path_factory):
 def test_run_eval_card_names_no_local_path(stage2, model_dir, synthetic, tmp_path, tmp_path_factory):
     from huggingface_hub import ModelCard
 
-    run_eval.main(
+    evaluation.main(
         ["--model", model_dir, "--adapter", str(stage2), "--dataset", synthetic, "--split", "test",
          "--max_samples", "2", "--max_new_tokens", "2", "--batch_size", "2", "--output_dir", str(tmp_path / "eval")]
     )  # fmt: skip

@@ -10,9 +10,9 @@ import pytest
 from datasets import Image, List
 from PIL import Image as PILImage
 
-import run_eval
 from data_scripts.make_synthetic import build_synthetic
 from data_scripts.schema import encode_png, load_dataset_dir, save_dataset_dict
+from metrics import evaluation
 from metrics.gallery import render_gallery, select_failures
 
 TEST_ROWS, VALIDATION_ROWS = 8, 4
@@ -80,7 +80,7 @@ def _jsonl(path):
 
 def test_read_images_names_what_cannot_be_decoded(tmp_path):
     png = _png()
-    images, error = run_eval.read_images([{"bytes": png, "path": None}])
+    images, error = evaluation.read_images([{"bytes": png, "path": None}])
     assert error is None and images[0].size == (64, 48)
     cases = {
         "UnidentifiedImageError": _broken("random", png),
@@ -90,7 +90,7 @@ def test_read_images_names_what_cannot_be_decoded(tmp_path):
         "FileNotFoundError": [{"bytes": None, "path": str(tmp_path / "gone.png")}],
     }
     for expected, values in cases.items():
-        images, error = run_eval.read_images(values)
+        images, error = evaluation.read_images(values)
         assert images is None and expected in error, (expected, error)
 
 
@@ -111,9 +111,9 @@ class _Cases(HTMLParser):
 def test_unreadable_rows_are_scored_as_failures_and_the_rest_as_usual(datasets_dirs, model_dir, tmp_path, capsys):
     clean_dir, bad_dir, bad_ids = datasets_dirs
     extra = ("--threshold_split", "validation")
-    results = run_eval.main(_args(model_dir, bad_dir, tmp_path / "bad", *extra))
+    results = evaluation.main(_args(model_dir, bad_dir, tmp_path / "bad", *extra))
     log = capsys.readouterr().out
-    clean = run_eval.main(_args(model_dir, clean_dir, tmp_path / "clean", *extra))
+    clean = evaluation.main(_args(model_dir, clean_dir, tmp_path / "clean", *extra))
     records = _jsonl(tmp_path / "bad" / "predictions.jsonl")
     fit_records = _jsonl(tmp_path / "bad" / "threshold_predictions.jsonl")
     assert [r["id"] for r in records] == load_dataset_dir(clean_dir)["test"]["id"]  # every row, in order
@@ -179,7 +179,7 @@ def test_a_crash_leaves_the_finished_rows_and_a_rerun_starts_over(datasets_dirs,
     out.mkdir()
     for stale in ("eval_results.json", "failures.html"):  # an earlier run's results must not sit beside a crash
         (out / stale).write_text("{}")
-    load_model = run_eval.load_model
+    load_model = evaluation.load_model
 
     def load_crashing_model(args):
         model, processor, generation_config = load_model(args)
@@ -194,17 +194,17 @@ def test_a_crash_leaves_the_finished_rows_and_a_rerun_starts_over(datasets_dirs,
         model.generate = crash_on_second_batch
         return model, processor, generation_config
 
-    monkeypatch.setattr(run_eval, "load_model", load_crashing_model)
+    monkeypatch.setattr(evaluation, "load_model", load_crashing_model)
     args = _args(model_dir, clean_dir, out, "--threshold", "0.5")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_eval.main(args)
+        evaluation.main(args)
     left = _jsonl(out / "predictions.jsonl")
     ids = load_dataset_dir(clean_dir)["test"]["id"]
     assert [r["id"] for r in left] == ids[:4]  # the first batch, whole and final
     assert not (out / "eval_results.json").exists() and not (out / "failures.html").exists()
 
-    monkeypatch.setattr(run_eval, "load_model", load_model)
-    results = run_eval.main(args)
+    monkeypatch.setattr(evaluation, "load_model", load_model)
+    results = evaluation.main(args)
     records = _jsonl(out / "predictions.jsonl")
     assert [r["id"] for r in records] == ids and results["counts"]["rows"] == TEST_ROWS  # started over: no repeats
     assert records[:4] == left

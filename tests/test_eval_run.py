@@ -11,9 +11,9 @@ import pytest
 from huggingface_hub import ModelCard
 from transformers import GenerationConfig
 
-import run_eval
 from data_scripts.make_synthetic import build_synthetic
 from data_scripts.schema import load_dataset_dir, save_dataset_dict
+from metrics import evaluation
 from metrics.abstention.abstention import abstention_scores
 from metrics.confidence import fit_abstain_threshold, is_abstained
 from metrics.exact_match.exact_match import exact_match_scores
@@ -37,7 +37,7 @@ def model_dir(save_quiet_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluated(synthetic, model_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("eval_out"))
-    results = run_eval.main(
+    results = evaluation.main(
         [
             "--model",
             model_dir,
@@ -191,15 +191,15 @@ def test_saved_threshold_is_used_by_default_and_yaml_recipe(evaluated, synthetic
         "max_new_tokens: 2\n"
         f"output_dir: {tmp_path / 'out'}\ngallery_size: 2\n"
     )
-    args = run_eval.parse_args([str(recipe), "--max_samples", "4"])
+    args = evaluation.parse_args([str(recipe), "--max_samples", "4"])
     assert (args.model, args.max_samples, args.max_new_tokens) == (model_dir, 4, 2)  # flags override the YAML
-    results = run_eval.run_eval(args)
+    results = evaluation.run_eval(args)
     assert results["threshold"] == evaluated[0]["threshold"]
     assert results["threshold_source"] == "model generation_config"
     assert results["counts"]["rows"] == 4 and len(_jsonl(tmp_path / "out" / "predictions.jsonl")) == 4
     # Threshold 0: only said/empty abstentions remain, so unanswerable rows are hallucinations.
     args.threshold, args.output_dir = 0.0, str(tmp_path / "zero")
-    results = run_eval.run_eval(args)
+    results = evaluation.run_eval(args)
     records = _jsonl(tmp_path / "zero" / "predictions.jsonl")
     assert [r["abstained"] for r in records] == [not r["answer"] or r["answer"] == "unanswerable" for r in records]
     assert results["threshold_source"] == "argument"
@@ -219,7 +219,7 @@ def test_adapter_eval_saves_next_to_the_adapter(synthetic, model_dir, tmp_path):
     adapter = str(tmp_path / "adapter")
     get_peft_model(base, lora).save_pretrained(adapter)
     AutoProcessor.from_pretrained(model_dir, trust_remote_code=True).save_pretrained(adapter)
-    results = run_eval.main(
+    results = evaluation.main(
         [
             "--model",
             model_dir,
@@ -246,20 +246,20 @@ def test_bad_inputs_fail_clearly(synthetic, model_dir, tmp_path):
     data = synthetic[0]
     base = ["--model", model_dir, "--dataset", data]
     with pytest.raises(ValueError, match=r"unknown dataset name 'vqav2'.*\['chartqa', 'docvqa', 'synthetic', "):
-        run_eval.main([*base, "--dataset_name", "vqav2"])
+        evaluation.main([*base, "--dataset_name", "vqav2"])
     with pytest.raises(ValueError, match="split 'dev' is not in the dataset"):
-        run_eval.main([*base, "--split", "dev"])
+        evaluation.main([*base, "--split", "dev"])
     with pytest.raises(ValueError, match="has no rows to evaluate"):
-        run_eval.main([*base, "--max_samples", "0"])
+        evaluation.main([*base, "--max_samples", "0"])
     with pytest.raises(ValueError, match="is the evaluated split"):
-        run_eval.main([*base, "--threshold_split", "test"])
+        evaluation.main([*base, "--threshold_split", "test"])
     with pytest.raises(ValueError, match="--save_threshold needs a local model/adapter folder"):
-        run_eval.main(["--model", "org/hub-model", "--dataset", data, "--save_threshold", "--threshold", "0.3"])
+        evaluation.main(["--model", "org/hub-model", "--dataset", data, "--save_threshold", "--threshold", "0.3"])
     with pytest.raises(ValueError, match="--dataset is required"):
-        run_eval.main(["--model", model_dir])
+        evaluation.main(["--model", model_dir])
     # A row without gold answers (e.g. DocVQA's hidden test golds) is named.
     test = load_dataset_dir(data)["test"].select(range(3))
     broken = test.map(lambda row, i: {"answers": [] if i == 1 else row["answers"]}, with_indices=True)
     save_dataset_dict({"test": broken}, str(tmp_path / "broken"), {"converter": "synthetic"})
     with pytest.raises(ValueError, match=f"row '{test['id'][1]}' of split 'test' has no gold answers"):
-        run_eval.main(["--model", model_dir, "--dataset", str(tmp_path / "broken")])
+        evaluation.main(["--model", model_dir, "--dataset", str(tmp_path / "broken")])

@@ -4,7 +4,8 @@ list keys, and local paths that do not exist (instead of a Hub error about repo 
 import pytest
 import yaml
 
-import run_sft
+import recipes
+from recipes.arguments import looks_local
 
 
 def recipe(tmp_path, **changes) -> str:
@@ -26,7 +27,7 @@ def recipe(tmp_path, **changes) -> str:
 )
 def test_wrong_typed_values_fail_at_parse_time_naming_the_key(tmp_path, changes, message):
     with pytest.raises(ValueError) as info:
-        run_sft.parse_args([recipe(tmp_path, **changes)])
+        recipes.parse_recipe([recipe(tmp_path, **changes)])
     assert message in str(info.value)
 
 
@@ -34,22 +35,22 @@ def test_wrong_typed_values_fail_at_parse_time_naming_the_key(tmp_path, changes,
 def test_a_missing_local_model_folder_is_named_before_anything_loads(tmp_path, monkeypatch, key):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "outputs").mkdir()  # `outputs/stage1` is then a local path, not the Hub id `org/name`
-    monkeypatch.setattr(run_sft, "load_mixture", lambda *a, **k: pytest.fail("data was loaded"))
+    monkeypatch.setattr(recipes.builder, "load_mixture", lambda *a, **k: pytest.fail("data was loaded"))
     missing = {"llm_name": "./models/llm", "vision_name": "/nowhere/tower", "init_from": "outputs/stage1"}[key]
     with pytest.raises(ValueError, match=rf"Recipe key '{key}': no such folder '{missing}'"):
-        run_sft.main([recipe(tmp_path, **{key: missing})])
+        recipes.run([recipe(tmp_path, **{key: missing})])
 
 
 def test_a_missing_dataset_folder_is_named(tmp_path, monkeypatch):
-    monkeypatch.setattr(run_sft, "load_mixture", lambda *a, **k: pytest.fail("data was loaded"))
+    monkeypatch.setattr(recipes.builder, "load_mixture", lambda *a, **k: pytest.fail("data was loaded"))
     with pytest.raises(ValueError, match=r"Recipe key 'datasets\[\].path': no such folder './data/none'"):
-        run_sft.main([recipe(tmp_path, datasets=[{"path": "./data/none"}])])
+        recipes.run([recipe(tmp_path, datasets=[{"path": "./data/none"}])])
 
 
 def test_hub_ids_are_not_taken_for_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert not run_sft.looks_local("Qwen/Qwen2.5-1.5B-Instruct") and not run_sft.looks_local("gpt2")
-    assert run_sft.looks_local("./gpt2") and run_sft.looks_local("a/b/c") and run_sft.looks_local("~/m")
+    assert not looks_local("Qwen/Qwen2.5-1.5B-Instruct") and not looks_local("gpt2")
+    assert looks_local("./gpt2") and looks_local("a/b/c") and looks_local("~/m")
 
 
 @pytest.mark.parametrize(
@@ -62,7 +63,7 @@ def test_hub_ids_are_not_taken_for_paths(tmp_path, monkeypatch):
 )
 def test_mixture_keys_work_as_trl_reads_them_or_are_refused(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
-        run_sft.parse_args([recipe(tmp_path, **changes)])
+        recipes.parse_recipe([recipe(tmp_path, **changes)])
 
 
 def test_data_files_select_nothing_in_a_dataset_folder(tmp_path):
@@ -85,8 +86,8 @@ def test_two_datasets_mix_by_fraction_without_oversampling(tmp_path, fractions, 
         datasets.DatasetDict({"train": split}).save_to_disk(str(tmp_path / name))
         paths.append(str(tmp_path / name))
     entries = [{"path": p, **({"fraction": f} if f is not None else {})} for p, f in zip(paths, fractions)]
-    _, data_args, _ = run_sft.parse_args([recipe(tmp_path, datasets=entries)])
-    mixed, _ = run_sft.load_mixture(data_args)
+    _, data_args, _ = recipes.parse_recipe([recipe(tmp_path, datasets=entries)])
+    mixed, _ = recipes.load_mixture(data_args)
     ids = mixed["id"]
     assert (sum(i.startswith("a-") for i in ids), sum(i.startswith("b-") for i in ids)) == sizes
     assert ids[: sizes[0]] == [f"a-{i}" for i in range(sizes[0])]  # the first rows of each, in order

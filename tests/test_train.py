@@ -1,4 +1,4 @@
-"""run_sft.py end to end on the tiny backbones (CPU, offline): recipes parse, the 1.5B/7B swap, train plans,
+"""run_sft.py end to end on the tiny backbones (CPU, offline): real sizes on meta, train plans,
 determinism, a SIGKILLed run resumed bit-identically, LoRA/QLoRA artefacts, run_info and MLflow logging."""
 
 import dataclasses
@@ -18,18 +18,18 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import run_sft
+import recipes
 from data_scripts.make_synthetic import build_synthetic
 from data_scripts.schema import load_dataset_dir
 from modeling_minillava import MiniLlavaConfig, MiniLlavaForConditionalGeneration
 from processing import MiniLlavaProcessor
 from processing.collator import MiniLlavaDataCollator
+from recipes.arguments import LLM_LINEAR_NAMES
+from recipes.builder import apply_train_plan, build_model, lora_config
+from recipes.checkpoints import COMPLETE_MARKER, last_complete_checkpoint
+from recipes.provenance import describe_train_plan, train_plan_counts
 
 ROOT = Path(__file__).resolve().parents[1]
-# Every run recipe, stage3/ and smoke/ included; recipes/accelerate/ holds `accelerate launch` configs, not recipes.
-RECIPES = sorted(
-    p.relative_to(ROOT).as_posix() for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate" not in p.parts
-)
 # The real recipes say bf16 (H100); transformers refuses bf16 on a host without a bf16 GPU unless use_cpu is set.
 ON_CPU = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
 BACKBONE_JSON = {
@@ -126,41 +126,14 @@ def full_run(tmp_path_factory, write_recipe) -> dict:
 # ---- recipes ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
-def test_every_recipe_parses(recipe, tmp_path):
-    path = ROOT / recipe
-    text = path.read_text()
-    if "OUT_DIR" in text:  # smoke recipes: scripts/smoke.sh fills in the folder
-        path = tmp_path / path.name
-        path.write_text(text.replace("OUT_DIR", str(tmp_path)))
-    model_args, data_args, training_args = run_sft.parse_args([str(path), *ON_CPU])
-    raw = yaml.safe_load(path.read_text())
-    for f in dataclasses.fields(model_args):  # every model key of the recipe reached ModelArguments unchanged
-        if f.name in raw:
-            assert getattr(model_args, f.name) == raw[f.name], f.name
-    assert [d.path for d in data_args.datasets] == [d["path"] for d in raw["datasets"]]
-    assert training_args.output_dir == raw["output_dir"]
-    assert (training_args.learning_rate, training_args.seed) == (raw["learning_rate"], raw["seed"])
+STAGE1 = {"1.5b": ["recipes/stage1.yaml"], "7b": ["recipes/stage1.yaml", "recipes/stage1_7b.yaml"]}
 
 
-def test_7b_differs_from_1_5b_only_in_llm_name():
-    small = run_sft.parse_args([str(ROOT / "recipes/stage1.yaml"), *ON_CPU])
-    large = run_sft.parse_args([str(ROOT / "recipes/stage1_7b.yaml"), *ON_CPU])
-    differing = set()
-    for group, a, b in zip(("model_args", "data_args", "training_args"), small, large):
-        da = a.to_dict() if hasattr(a, "to_dict") else dataclasses.asdict(a)
-        db = b.to_dict() if hasattr(b, "to_dict") else dataclasses.asdict(b)
-        assert da.keys() == db.keys()
-        differing |= {f"{group}.{k}" for k in da if da[k] != db[k]}
-    assert differing == {"model_args.llm_name", "training_args.output_dir"}
-    assert (small[0].llm_name, large[0].llm_name) == ("Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-7B-Instruct")
-
-
-@pytest.mark.parametrize("recipe, hidden", [("recipes/stage1.yaml", 1536), ("recipes/stage1_7b.yaml", 3584)])
-def test_stage1_builds_real_sizes_on_meta_with_only_the_projector_trainable(recipe, hidden):
+@pytest.mark.parametrize("size, hidden", [("1.5b", 1536), ("7b", 3584)])
+def test_stage1_builds_real_sizes_on_meta_with_only_the_projector_trainable(size, hidden):
     from transformers import AutoConfig
 
-    model_args, _, training_args = run_sft.parse_args([str(ROOT / recipe), *ON_CPU])
+    model_args, _, training_args = recipes.parse_recipe([*(str(ROOT / r) for r in STAGE1[size]), *ON_CPU])
 
     def config_of(hub_id: str):
         return AutoConfig.for_model(**json.loads((ROOT / "recipes/backbones" / BACKBONE_JSON[hub_id]).read_text()))
@@ -174,22 +147,22 @@ def test_stage1_builds_real_sizes_on_meta_with_only_the_projector_trainable(reci
     )
     with torch.device("meta"):
         model = MiniLlavaForConditionalGeneration(config)
-    model = run_sft.apply_train_plan(model, model_args, training_args.gradient_checkpointing)
+    model = apply_train_plan(model, model_args, training_args.gradient_checkpointing)
     assert model.config.text_config.hidden_size == hidden
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
     assert all(n.startswith("model.multi_modal_projector.") for n in trainable)
     assert sum(trainable.values()) == mlp2x_count(1152, hidden)  # SigLIP-so400m width 1152
-    plan = {m[1]: m[2] for m in map(PLAN_LINE.match, run_sft.describe_train_plan(model).splitlines()[1:])}
+    plan = {m[1]: m[2] for m in map(PLAN_LINE.match, describe_train_plan(train_plan_counts(model)).splitlines()[1:])}
     assert plan == {"vision_tower": "FROZEN", "multi_modal_projector": "TRAINABLE", "language_model": "FROZEN",
                     "lm_head": "TIED" if hidden == 1536 else "FROZEN"}  # fmt: skip  # 1.5B ties its head, 7B not
 
 
-@pytest.mark.parametrize("recipe", ["recipes/stage1.yaml", "recipes/stage1_7b.yaml"])
-def test_stage1_builds_and_runs_with_tiny_backbones(recipe, backbones, synthetic):
+@pytest.mark.parametrize("size", ["1.5b", "7b"])
+def test_stage1_builds_and_runs_with_tiny_backbones(size, backbones, synthetic):
     tiny = ["--vision_name", backbones["vision-siglip"], "--llm_name", backbones["llm-qwen2"]]  # CLI overrides
-    model_args, _, training_args = run_sft.parse_args([str(ROOT / recipe), *ON_CPU, *tiny])
-    model, processor = run_sft.build_model(model_args, training_args)
-    model = run_sft.apply_train_plan(model, model_args, training_args.gradient_checkpointing)
+    model_args, _, training_args = recipes.parse_recipe([*(str(ROOT / r) for r in STAGE1[size]), *ON_CPU, *tiny])
+    model, processor = build_model(model_args, training_args), recipes.build_processor(model_args)[0]
+    model = apply_train_plan(model, model_args, training_args.gradient_checkpointing)
     assert model.dtype == torch.bfloat16  # the recipe's dtype
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == mlp2x_count(model.config.vision_config.hidden_size, model.config.text_config.hidden_size)
@@ -212,7 +185,7 @@ def bad_recipe(tmp_path, **changes) -> str:
 @pytest.mark.parametrize(
     "changes, error, names",
     [
-        ({"lora_rank": 8}, ValueError, ["Unknown arguments from config file", "lora_rank"]),
+        ({"lora_rank": 8}, ValueError, ["Unknown recipe keys", "'lora_rank'"]),
         ({"lora_r": "eight"}, ValueError, ["lora_r", "eight"]),
         ({"lora_r": [8]}, ValueError, ["lora_r"]),
         ({"datasets": []}, ValueError, ["datasets"]),
@@ -225,7 +198,7 @@ def bad_recipe(tmp_path, **changes) -> str:
 )
 def test_bad_recipes_fail_at_parse_time_naming_the_key(tmp_path, changes, error, names):
     with pytest.raises(error) as info:
-        run_sft.parse_args([bad_recipe(tmp_path, **changes)])
+        recipes.parse_recipe([bad_recipe(tmp_path, **changes)])
     for name in names:
         assert name in str(info.value)
 
@@ -233,18 +206,26 @@ def test_bad_recipes_fail_at_parse_time_naming_the_key(tmp_path, changes, error,
 def test_missing_recipe_names_the_path(tmp_path):
     missing = str(tmp_path / "nope" / "stage9.yaml")
     with pytest.raises(FileNotFoundError, match=re.escape(missing)):
-        run_sft.parse_args([missing])
+        recipes.parse_recipe([missing])
 
 
 # ---- train plans ------------------------------------------------------------------------------------------------
 
 
 def plan_of(model) -> dict[str, tuple[str, int, int]]:
-    text = run_sft.describe_train_plan(model)
+    text = describe_train_plan(train_plan_counts(model))
     assert text.startswith("Train plan:")
     lines = [PLAN_LINE.match(line) for line in text.splitlines()[1:]]
     assert all(lines), text
     return {m[1]: (m[2], int(m[3].replace(",", "")), int(m[4].replace(",", ""))) for m in lines}
+
+
+def with_lora(model, model_args):
+    """The train plan as build_trainer applies it: freezing here, LoRA as SFTTrainer's PEFT path does."""
+    from peft import get_peft_model
+
+    model = apply_train_plan(model, model_args, False)
+    return get_peft_model(model, lora_config(model, model_args))
 
 
 def numel(module) -> int:
@@ -253,7 +234,7 @@ def numel(module) -> int:
 
 def test_train_plan_stage1(build, write_recipe, tmp_path):
     model, _ = build("siglip", "llama")  # untied head: lm_head gets its own line
-    model_args, _, _ = run_sft.parse_args([write_recipe(tmp_path, "r", llm_full=False)])
+    model_args, _, _ = recipes.parse_recipe([write_recipe(tmp_path, "r", llm_full=False)])
     inner = model.model
     n_proj = mlp2x_count(model.config.vision_config.hidden_size, model.config.text_config.hidden_size)
     assert n_proj == numel(inner.multi_modal_projector)
@@ -263,12 +244,12 @@ def test_train_plan_stage1(build, write_recipe, tmp_path):
         "language_model": ("FROZEN", 0, numel(inner.language_model)),
         "lm_head": ("FROZEN", 0, model.lm_head.weight.numel()),
     }
-    assert plan_of(run_sft.apply_train_plan(model, model_args, False)) == expected
+    assert plan_of(apply_train_plan(model, model_args, False)) == expected
 
 
 def test_train_plan_lora(build, write_recipe, tmp_path):
     model, _ = build("siglip", "qwen2")  # tied head: counted with the embeddings, lm_head shows TIED
-    model_args, _, _ = run_sft.parse_args([write_recipe(tmp_path, "r", llm_full=False, lora_r=4)])
+    model_args, _, _ = recipes.parse_recipe([write_recipe(tmp_path, "r", llm_full=False, lora_r=4)])
     inner = model.model
     n_vision, n_llm = numel(inner.vision_tower), numel(inner.language_model)
     n_proj = numel(inner.multi_modal_projector)
@@ -276,7 +257,7 @@ def test_train_plan_lora(build, write_recipe, tmp_path):
     n_lora = sum(
         4 * (m.in_features + m.out_features)
         for name, m in inner.language_model.named_modules()
-        if name.rsplit(".", 1)[-1] in run_sft.LLM_LINEAR_NAMES
+        if name.rsplit(".", 1)[-1] in LLM_LINEAR_NAMES
     )
     assert n_lora > 0
     expected = {
@@ -285,14 +266,14 @@ def test_train_plan_lora(build, write_recipe, tmp_path):
         "language_model": ("PARTIAL", n_lora, n_llm + n_lora),
         "lm_head": ("TIED", 0, 0),
     }
-    assert plan_of(run_sft.apply_train_plan(model, model_args, False)) == expected
+    assert plan_of(with_lora(model, model_args)) == expected
 
 
 # ---- determinism and resume -------------------------------------------------------------------------------------
 
 
 def test_same_seed_same_losses_other_seed_differs(write_recipe, tmp_path):
-    runs = {name: run_sft.main([write_recipe(tmp_path, name, seed=seed)]) for name, seed in
+    runs = {name: recipes.run([write_recipe(tmp_path, name, seed=seed)]) for name, seed in
             [("a", 0), ("b", 0), ("c", 1)]}  # fmt: skip
     losses = {name: [loss for _, loss in summary["losses"]] for name, summary in runs.items()}
     assert len(losses["a"]) == 3 and all(math.isfinite(x) for x in losses["a"])
@@ -308,7 +289,7 @@ def test_sigkilled_run_resumes_bit_identically_skipping_half_written_checkpoints
     )
     try:
         deadline = time.monotonic() + 240
-        while not (out / "checkpoint-4" / run_sft.COMPLETE_MARKER).exists():
+        while not (out / "checkpoint-4" / COMPLETE_MARKER).exists():
             assert proc.poll() is None, f"run ended (rc {proc.returncode}) before checkpoint-4 was complete"
             assert time.monotonic() < deadline, "no complete checkpoint-4 within 240 s"
             time.sleep(0.01)
@@ -324,10 +305,10 @@ def test_sigkilled_run_resumes_bit_identically_skipping_half_written_checkpoints
         if int(later.name.split("-")[1]) > 4:
             shutil.rmtree(later)
     shutil.copytree(out / "checkpoint-4", out / "checkpoint-6")
-    (out / "checkpoint-6" / run_sft.COMPLETE_MARKER).unlink()
+    (out / "checkpoint-6" / COMPLETE_MARKER).unlink()
     weights = out / "checkpoint-6" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    assert run_sft.last_complete_checkpoint(str(out)) == str(out / "checkpoint-4")
+    assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-4")
 
     resumed = run_script(recipe, "--resume_from_checkpoint", "true")
     assert f"Resuming from {out / 'checkpoint-4'}" in resumed.stderr
@@ -349,7 +330,7 @@ def test_full_checkpoints_are_whole_and_loadable(full_run, synthetic):
 
     out = full_run["out"]
     assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{n}" for n in (2, 4, 6, 8)]
-    assert all((out / f"checkpoint-{n}" / run_sft.COMPLETE_MARKER).exists() for n in (2, 4, 6, 8))
+    assert all((out / f"checkpoint-{n}" / COMPLETE_MARKER).exists() for n in (2, 4, 6, 8))
     processor = AutoProcessor.from_pretrained(out / "checkpoint-4", trust_remote_code=True)
     batch = batch_of(processor, synthetic)
     logits = {}
@@ -362,33 +343,61 @@ def test_full_checkpoints_are_whole_and_loadable(full_run, synthetic):
     assert not torch.equal(logits["checkpoint-4"], logits["."])  # and step 4's weights are its own
 
 
-def test_run_info_and_train_results(full_run, synthetic, backbones):
+def test_every_saved_folder_carries_its_provenance(full_run, synthetic, backbones):
     import peft
     import transformers
     import trl
+    from huggingface_hub import ModelCard
 
     out = full_run["out"]
+    for folder in (out, out / "checkpoint-4"):
+        assert {"recipe.yaml", "run_info.json", "README.md"} <= set(os.listdir(folder)), folder
     info = json.loads((out / "run_info.json").read_text())
-    assert info["model_args"]["llm_name"] == backbones["llm-qwen2"]
-    assert info["model_args"]["llm_full"] is True
-    assert info["data_args"]["datasets"][0]["path"] == synthetic
-    assert info["data_args"]["max_train_samples"] == 16
-    assert (info["training_args"]["max_steps"], info["training_args"]["save_steps"]) == (8, 2)
-    assert info["training_args"]["output_dir"] == str(out)
-    assert info["seed"] == info["training_args"]["seed"] == 3
+    # Local folders outside the launch directory are named by their folder name, never by this machine's path.
+    assert info["base_models"] == {"vision": "vision-siglip", "llm": "llm-qwen2"}
+    manifest = json.loads((Path(synthetic) / "manifest.json").read_text())
+    assert info["datasets"] == [{"path": "synthetic", "split": "train", "fraction": None,
+                                 "fingerprint": manifest["fingerprint"]}]  # fmt: skip
+    assert info["seed"] == 3 and info["train_rows"] == 16 and info["world_size"] == 1
     assert re.fullmatch(r"[0-9a-f]{40}", info["git_commit"])
     # Others may commit while this runs: the recorded commit must be HEAD or one of its ancestors.
     ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", info["git_commit"], "HEAD"], cwd=ROOT)
     assert ancestor.returncode == 0
     assert isinstance(info["git_dirty"], bool)
-    manifest = json.loads((Path(synthetic) / "manifest.json").read_text())
-    assert info["dataset_fingerprints"] == {synthetic: manifest["fingerprint"]}
     assert info["packages"]["torch"] == torch.__version__
-    assert info["packages"]["transformers"] == transformers.__version__
-    assert info["packages"]["trl"] == trl.__version__
-    assert info["packages"]["peft"] == peft.__version__
+    assert (info["packages"]["transformers"], info["packages"]["trl"], info["packages"]["peft"]) == (
+        transformers.__version__, trl.__version__, peft.__version__)  # fmt: skip
+    model = MiniLlavaForConditionalGeneration.from_pretrained(out)
+    n_params = sum(p.numel() for p in model.parameters())
+    plan = info["train_plan"]
+    assert sum(c["total"] for c in plan.values()) == n_params  # tied head counted once
+    assert plan["vision_tower"]["trainable"] == 0 and plan["language_model"]["trainable"] > 0
+    assert info["global_step"] == 8 and info["tokens_seen"] == full_run["results"]["num_tokens"] > 0
+    checkpoint_info = json.loads((out / "checkpoint-4" / "run_info.json").read_text())
+    assert checkpoint_info["global_step"] == 4 and 0 < checkpoint_info["tokens_seen"] < info["tokens_seen"]
+
+    # The resolved recipe runs the same configuration again.
+    again = recipes.parse_recipe([str(out / "recipe.yaml")])
+    original = recipes.parse_recipe([full_run["recipe"]])
+    for a, b in zip(again, original):
+        assert (a.to_dict() if hasattr(a, "to_dict") else dataclasses.asdict(a)) == (
+            b.to_dict() if hasattr(b, "to_dict") else dataclasses.asdict(b))  # fmt: skip
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == ["vision-siglip", "llm-qwen2"] and card.data.datasets == ["synthetic"]
+    assert (card.data.pipeline_tag, card.data.license) == ("image-text-to-text", "other")
+
+    snippet = card.text.split("```python\n", 1)[1].split("```", 1)[0]
+    # The card names the folder as the launch directory sees it (here a temporary folder outside the repo: by name).
+    assert 'model_id = "run"' in snippet
+    proc = subprocess.run(
+        [sys.executable, "-c", snippet], cwd=out.parent, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
     results = full_run["results"]
+    assert json.loads((out / "train_results.json").read_text()) == results
     history = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())["log_history"]
     logged = steps_to_loss(history)
     assert sorted(logged) == list(range(1, 9))
@@ -399,20 +408,6 @@ def test_run_info_and_train_results(full_run, synthetic, backbones):
     assert results["collator"]["kept"] == results["collator"]["seen"] > 0
 
 
-def test_run_info_git_dirty_follows_git_status(monkeypatch):
-    answers = {"rev-parse": "f" * 40, "status": ""}
-
-    def fake_git(cmd, **kwargs):
-        return subprocess.CompletedProcess(cmd, 0, stdout=answers[cmd[1]] + "\n", stderr="")
-
-    monkeypatch.setattr(subprocess, "run", fake_git)  # data_scripts.manifest.git_state runs git
-    args = run_sft.parse_args([str(ROOT / "recipes/smoke/stage1.yaml")])
-    assert run_sft.run_info(*args, {})["git_dirty"] is False
-    answers["status"] = " M run_sft.py"
-    info = run_sft.run_info(*args, {})
-    assert (info["git_dirty"], info["git_commit"]) == (True, "f" * 40)
-
-
 # ---- LoRA and QLoRA ---------------------------------------------------------------------------------------------
 
 
@@ -420,10 +415,10 @@ def test_lora_save_load_merge_reproduces_logits(full_run, write_recipe, syntheti
     from peft import PeftModel
 
     init = str(full_run["out"])
-    model_args, _, _ = run_sft.parse_args(
+    model_args, _, _ = recipes.parse_recipe(
         [write_recipe(tmp_path, "r", init_from=init, vision_name=None, llm_name=None, llm_full=False, lora_r=8)]
     )
-    model = run_sft.apply_train_plan(MiniLlavaForConditionalGeneration.from_pretrained(init), model_args, False)
+    model = with_lora(MiniLlavaForConditionalGeneration.from_pretrained(init), model_args)
     torch.manual_seed(0)
     with torch.no_grad():  # lora_B starts at zero: give the adapter and the projector copy something to carry
         for p in model.parameters():
@@ -453,12 +448,12 @@ def test_lora_run_checkpoint_and_merged_folder(full_run, write_recipe, synthetic
         tmp_path, "lora", init_from=init, vision_name=None, llm_name=None, llm_full=False, lora_r=8,
         max_steps=2, save_strategy="steps", save_steps=2,
     )  # fmt: skip
-    summary = run_sft.main([recipe])
+    summary = recipes.run([recipe])
     assert summary["global_step"] == 2
     out = tmp_path / "lora"
     checkpoint = out / "checkpoint-2"
     files = set(os.listdir(checkpoint))
-    assert {"adapter_config.json", "adapter_model.safetensors", run_sft.COMPLETE_MARKER} <= files
+    assert {"adapter_config.json", "adapter_model.safetensors", COMPLETE_MARKER} <= files
     assert {"processor_config.json", "tokenizer.json", "chat_template.jinja"} <= files
     assert "model.safetensors" not in files  # an adapter, not a second copy of the base
     saved = load_file(checkpoint / "adapter_model.safetensors")
@@ -493,11 +488,11 @@ def test_qlora_trains_on_cpu(full_run, write_recipe, synthetic, tmp_path):
         lora_r=8, lora_dropout=0.0, dtype="bfloat16", bf16=True, max_steps=2,  # as recipes/stage2_7b_qlora.yaml
         eval_strategy="steps", eval_steps=1,  # an eval (no_grad) forward between training steps: the CPU trap
     )  # fmt: skip
-    model_args, _, training_args = run_sft.parse_args([recipe])
-    model, processor = run_sft.build_model(model_args, training_args)
-    model = run_sft.apply_train_plan(model, model_args, False)
+    model_args, _, training_args = recipes.parse_recipe([recipe])
+    model, processor = build_model(model_args, training_args), recipes.build_processor(model_args)[0]
+    model = with_lora(model, model_args)
     inner = model.get_base_model().model
-    for name in run_sft.LLM_LINEAR_NAMES:
+    for name in LLM_LINEAR_NAMES:
         layers = [m for n, m in inner.language_model.named_modules() if n.endswith(name)]
         assert layers and all(isinstance(m.base_layer, bnb.nn.Linear4bit) for m in layers), name
     for part in (inner.vision_tower, inner.multi_modal_projector, model.get_base_model().lm_head):
@@ -513,7 +508,7 @@ def test_qlora_trains_on_cpu(full_run, write_recipe, synthetic, tmp_path):
     assert math.isfinite(loss.item())
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
 
-    summary = run_sft.main([recipe])  # evaluates after every step
+    summary = recipes.run([recipe])  # evaluates after every step
     assert summary["global_step"] == 2
     assert len(summary["losses"]) == 2 and all(math.isfinite(loss) for _, loss in summary["losses"])
     saved = load_file(tmp_path / "qlora" / "adapter_model.safetensors")
@@ -534,7 +529,7 @@ def test_mlflow_logs_into_the_run_folder(write_recipe, tmp_path, monkeypatch):
     monkeypatch.delenv("DISABLE_MLFLOW_INTEGRATION", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset-below")  # recorded, so the value main() sets is undone
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    summary = run_sft.main([write_recipe(tmp_path, "ml", max_steps=2, report_to="mlflow")])
+    summary = recipes.run([write_recipe(tmp_path, "ml", max_steps=2, report_to="mlflow")])
     db = tmp_path / "ml" / "mlflow.db"
     assert db.is_file()
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
