@@ -213,3 +213,32 @@ def test_real_so400m_counts_hand_checked_and_equal_to_the_meta_model():
         model = MiniLlavaModel(shuffled)
     for height, width in bench.IMAGES.values():
         assert bench.meta_model_tokens(model, height, width) == bench.image_tokens(shuffled, height, width)
+
+
+def test_chat_template_tokenize_and_trls_collator_carry_anyres_inputs(anyres):
+    """The paths users and TRL take: apply_chat_template(tokenize=True) with an inline image, and TRL's
+    DataCollatorForVisionLanguageModeling over messages + images rows, whose batch the model trains on."""
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    model, processor = anyres
+    config = model.config
+    tall, wide = noise_image(700, 300, 1), noise_image(260, 900, 2)
+    inline = [{"role": "user", "content": [{"type": "image", "image": tall}, {"type": "text", "text": "Total?"}]}]
+    kwargs = {"add_generation_prompt": True, "tokenize": True, "return_dict": True, "return_tensors": "pt"}
+    out = processor.apply_chat_template(inline, **kwargs)
+    assert out["image_grids"].tolist() == [[3, 1]] and out["image_sizes"].tolist() == [[700, 300]]
+    assert int((out["input_ids"] == config.image_token_id).sum()) == config.count_image_tokens(700, 300)
+
+    def row(image, answer):
+        user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the total?"}]}
+        return {"messages": [user, {"role": "assistant", "content": [{"type": "text", "text": answer}]}],
+                "images": [image]}  # fmt: skip
+
+    batch = DataCollatorForVisionLanguageModeling(processor)([row(tall, "250"), row(wide, "Acme Corp")])
+    assert batch["image_grids"].tolist() == [[3, 1], [1, 4]]
+    slots = (batch["input_ids"] == config.image_token_id).sum(-1).tolist()
+    assert slots == [config.count_image_tokens(700, 300), config.count_image_tokens(260, 900)]
+    loss = model(**batch).loss
+    loss.backward()  # the projector and the newline learn from AnyRes batches
+    assert torch.isfinite(loss) and model.model.image_newline.grad.abs().sum() > 0
+    model.zero_grad()
