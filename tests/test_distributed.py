@@ -266,14 +266,14 @@ def test_accelerate_config_loads(name):
         assert config.deepspeed_config["zero3_init_flag"] == (stage == 3)
 
 
-def fsdp_plugin(monkeypatch, config: str = "recipes/accelerate/fsdp.yaml"):
+def fsdp_plugin(monkeypatch, *flags: str, config: str = "recipes/accelerate/fsdp.yaml"):
     """accelerate's FSDP plugin exactly as `accelerate launch --config_file <config>` hands it to each process: the
     launcher's own parser and environment (FSDP_* variables), read back by FullyShardedDataParallelPlugin()."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils import FullyShardedDataParallelPlugin
     from accelerate.utils.launch import prepare_multi_gpu_env
 
-    argv = ["--config_file", config, "--num_processes", str(WORLD), "--mixed_precision", "no", "run_sft.py"]
+    argv = ["--config_file", config, "--num_processes", str(WORLD), "--mixed_precision", "no", *flags, "run_sft.py"]
     args, _, _ = _validate_launch_command(launch_command_parser().parse_args(argv))
     assert args.use_fsdp
     for key, value in prepare_multi_gpu_env(args).items():
@@ -311,6 +311,15 @@ def test_fsdp_config_naming_a_missing_block_class_fails(monkeypatch, build):
     model, _ = build(vision="clip", llm="llama")
     with pytest.raises(ValueError, match="Could not find the transformer layer class Qwen2DecoderLayer"):
         plugin.set_auto_wrap_policy(model)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="FSDP1 finds its device here on a GPU machine")
+def test_fsdp1_without_an_accelerator_fails_building_the_plugin(monkeypatch):
+    """FSDP1 (`--fsdp_version 1`) on a CPU-only machine stops at once: the plugin wants a device for
+    sync_module_states (accelerate/utils/dataclasses.py, FullyShardedDataParallelPlugin.__post_init__)."""
+    monkeypatch.chdir(REPO)
+    with pytest.raises(RuntimeError, match="no available devices found, must be one of 'XPU', 'CUDA'"):
+        fsdp_plugin(monkeypatch, "--fsdp_version", "1")
 
 
 def test_fsdp_yaml_on_cpu_trains_as_plain_ddp(tiny_run, single_run, init_weights, tmp_path):
