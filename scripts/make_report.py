@@ -9,6 +9,7 @@ import argparse
 import datetime
 import glob
 import json
+import math
 import os
 import sys
 
@@ -72,7 +73,7 @@ METRIC_LABELS = {
     "model_abstain_f1": "model abstain F1",
     "abstain_f1": "abstain F1 (thresholded)",
     "hallucination_rate": "hallucination",
-    "final_loss": "final loss",
+    "last_loss": "last loss",
     "train_samples_per_second": "train samples/s",
 }
 
@@ -206,14 +207,19 @@ def architecture_recipe(recipe: dict, folder: str) -> dict:
     raise ValueError(f"No recipe in {folder} has output_dir {recipe['init_from']!r} (init_from).")
 
 
-def train_plan_counts(recipe_path: str, tiny_dir: str | None = None) -> dict:
-    """Build the stage's model on the meta device and apply run_sft's train plan: per-module trainable/total."""
+def plan_stage(recipe_path: str, tiny_dir: str | None = None) -> dict:
+    """A stage's train plan, not a record: its model built on the meta device from the backbones' configs, frozen by
+    recipes.builder.apply_train_plan, LoRA applied as SFTTrainer does (peft.get_peft_model with
+    recipes.builder.lora_config), counted by recipes.provenance.train_plan_counts."""
     import dataclasses
 
     import torch
+    from peft import get_peft_model
 
     from modeling_minillava import MiniLlavaConfig, MiniLlavaForConditionalGeneration
-    from run_sft import ModelArguments, apply_train_plan
+    from recipes.arguments import ModelArguments
+    from recipes.builder import apply_train_plan, lora_config
+    from recipes.provenance import train_plan_counts
 
     recipe = read_recipe(recipe_path)
     arch = architecture_recipe(recipe, os.path.dirname(recipe_path))
@@ -228,36 +234,48 @@ def train_plan_counts(recipe_path: str, tiny_dir: str | None = None) -> dict:
     )
     with torch.device("meta"):
         model = MiniLlavaForConditionalGeneration(config)
-    modules = {
-        "vision_tower": model.model.vision_tower,
-        "multi_modal_projector": model.model.multi_modal_projector,
-        "language_model": model.model.language_model,
-        "lm_head": model.lm_head,
-    }
-    seen, totals = set(), {}
-    for name, module in modules.items():
-        params = [p for p in module.parameters() if id(p) not in seen]
-        seen.update(id(p) for p in params)
-        totals[name] = sum(p.numel() for p in params)
-    lm_matmul = totals["language_model"] - model.model.language_model.embed_tokens.weight.numel()
-    lm_matmul += model.lm_head.weight.numel()  # the head is a matmul on every position, tied or not
+    lm_matmul = sum(p.numel() for p in model.model.language_model.parameters())
+    lm_matmul += model.lm_head.weight.numel() - model.model.language_model.embed_tokens.weight.numel()
     margs.load_in_4bit = margs.load_in_8bit = False  # counts only; QLoRA's trainable set is the LoRA one
-    peft_model = apply_train_plan(model, margs, gradient_checkpointing=False)
-    trainable = dict.fromkeys(modules, 0)
-    lora = 0
-    for pname, p in peft_model.named_parameters():
-        if p.requires_grad:
-            owner = next((m for m in modules if f"{m}." in pname or pname.startswith(m)), "language_model")
-            trainable[owner] += p.numel()
-            lora += p.numel() if "lora_" in pname else 0
+    model = apply_train_plan(model, margs)
+    lora = lora_config(model, margs)
+    model = get_peft_model(model, lora) if lora else model
+    lora_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n and p.requires_grad)
     return {
         "recipe": recipe,
+        "counts": train_plan_counts(model),
+        "lora": lora_params,
+        "image_tokens": config.num_image_tokens,
         "config": config,
-        "totals": totals,
-        "trainable": trainable,
-        "lora": lora,
         "llm_matmul_params": lm_matmul,
+        "source": "meta-device plan",
     }
+
+
+def recorded_stage(folder: str, recipe_path: str, tiny_dir: str) -> dict:
+    """The stage as its run recorded it (run_info.json's train_plan; LoRA from the saved adapter's tensors; image
+    tokens from the saved config), or its plan when the run predates those records."""
+    from recipes.provenance import read_records
+
+    _, info, _ = read_records(folder)
+    if not info.get("train_plan"):
+        return plan_stage(recipe_path, tiny_dir)
+    lora, adapter = None, os.path.join(folder, "adapter_model.safetensors")
+    if os.path.isfile(adapter):
+        from safetensors import safe_open
+
+        with safe_open(adapter, "pt") as f:
+            lora = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if "lora_" in k)  # noqa: SIM118
+    elif not info.get("lora"):
+        lora = 0
+    config = next((load_json(os.path.join(folder, d, "config.json")) for d in (".", "merged")
+                   if os.path.isfile(os.path.join(folder, d, "config.json"))), None)  # fmt: skip
+    tokens = None
+    if config:
+        from modeling_minillava import MiniLlavaConfig
+
+        tokens = MiniLlavaConfig.from_dict(config).num_image_tokens
+    return {"counts": info["train_plan"], "lora": lora, "image_tokens": tokens, "source": "run_info.json"}
 
 
 def stage_table(stages: dict) -> str:
@@ -265,11 +283,11 @@ def stage_table(stages: dict) -> str:
     for label, c in stages.items():
         cells = [label]
         for m in ("vision_tower", "multi_modal_projector", "language_model", "lm_head"):
-            total, tr = c["totals"][m], c["trainable"][m]
+            total, tr = c["counts"][m]["total"], c["counts"][m]["trainable"]
             state = "FROZEN" if not tr else "TRAINED" if tr >= total else "PARTIAL"
             state = "tied to embeddings" if not total else state
             cells.append(f"{state} {tr:,} / {total:,}")
-        cells += [f"{sum(c['trainable'].values()):,}", f"{c['lora']:,}", c["config"].num_image_tokens]
+        cells += [sum(v["trainable"] for v in c["counts"].values()), c["lora"], c["image_tokens"], c["source"]]
         rows.append(cells)
     return table(
         [
@@ -281,6 +299,7 @@ def stage_table(stages: dict) -> str:
             "trainable",
             "of which LoRA",
             "image tokens",
+            "counts from",
         ],
         rows,
     )
@@ -318,11 +337,12 @@ def compute_estimate(stages: dict) -> str:
         mix_rows += [[label, *m] for m in mix]
         samples *= r.get("num_train_epochs", 1)
         t_vis, t_seq = cfg.num_vision_tokens, cfg.num_image_tokens + TEXT_TOKENS_PER_SAMPLE
-        n_vis, n_proj = c["totals"]["vision_tower"], c["totals"]["multi_modal_projector"]
+        counts = c["counts"]
+        n_vis, n_proj = counts["vision_tower"]["total"], counts["multi_modal_projector"]["total"]
         n_llm = c["llm_matmul_params"]
-        n_llm_tr = c["trainable"]["language_model"] + c["trainable"]["lm_head"]
+        n_llm_tr = counts["language_model"]["trainable"] + counts["lm_head"]["trainable"]
         recompute = 1 if r.get("gradient_checkpointing") else 0
-        vis = (6 if c["trainable"]["vision_tower"] else 2) * n_vis * t_vis
+        vis = (6 if counts["vision_tower"]["trainable"] else 2) * n_vis * t_vis
         per_sample = vis + 6 * n_proj * t_vis + t_seq * ((4 + 2 * recompute) * n_llm + 2 * n_llm_tr)
         total = per_sample * samples
         hours = total / (H100_BF16_PEAK * ASSUMED_MFU) / 3600
@@ -380,45 +400,37 @@ def compute_estimate(stages: dict) -> str:
 
 
 def offline_compute(smoke: dict | None, smoke_dir: str | None) -> str:
+    """Steps, tokens, runtime and throughput as each stage's train_results.json recorded them; the machine from
+    its run_info.json (runs that predate that record: the machine generating this report, said so)."""
+    from recipes.provenance import read_records
+
     if not smoke:
         return f"Compute of the offline default: {NOT_MEASURED} (no smoke summary.json given)."
-    rows = []
+    rows, machine = [], None
     for stage in ("stage1", "stage2"):
-        train = load_json(os.path.join(smoke_dir, stage, "train_results.json")) or {}
-        tokens = None
-        for state in sorted(glob.glob(os.path.join(smoke_dir, stage, "checkpoint-*", "trainer_state.json"))):
-            history = (load_json(state) or {}).get("log_history", [])
-            tokens = next((e["num_tokens"] for e in reversed(history) if "num_tokens" in e), tokens)
+        _, info, train = read_records(os.path.join(smoke_dir, stage))
+        machine = machine or info.get("machine")
         sps, runtime = train.get("train_samples_per_second"), train.get("train_runtime")
-        rows.append(
-            [
-                stage,
-                train.get("train_rows"),
-                smoke[stage].get("train_steps"),
-                round(sps * runtime) if sps and runtime else None,
-                tokens,
-                runtime,
-                sps,
-            ]
-        )
+        samples = round(sps * runtime) if sps and runtime else None  # what the Trainer's samples/s was computed from
+        rows.append([stage, train.get("train_rows"), train.get("global_step"), samples, train.get("num_tokens"),
+                     runtime, sps])  # fmt: skip
+    where = "recorded in stage1/run_info.json" if machine else "the machine generating this report: the run predates "
+    where += "" if machine else "run_info.json's machine record"
     return "\n\n".join(
         [
             table(["stage", "train rows", "steps", "samples seen", "tokens seen", "train seconds", "samples/s"], rows),
             f"Whole pipeline (backbones, data, both stages, both evaluations): {fmt(smoke.get('seconds'))} s wall "
-            "time. "
-            f"Machine: {machine_line()} (the machine this report was generated on; summary.json does not record one).",
+            f"time. Machine: {machine_line(machine)} ({where}).",
         ]
     )
 
 
 def machine_line(machine: dict | None = None) -> str:
+    """One line for a recorded machine (data_scripts.manifest.machine_info's fields), or this one when None."""
     if machine is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "unknown CPU")
-        except OSError:
-            cpu = "unknown CPU"
-        machine = {"cpu_model": cpu, "cpu_count": os.cpu_count()}
+        from data_scripts.manifest import machine_info
+
+        machine = machine_info()
     gpu = machine.get("gpu") or "no GPU"
     cpu = machine.get("cpu_model") or machine.get("machine", "unknown CPU")
     return f"{cpu}, {machine.get('cpu_count')} cores, {gpu}"
@@ -518,7 +530,7 @@ def ablation_section(abl: dict | None, plots_dir: str) -> str:
         for n, a in arms.items()
     )
     out = [
-        f"`python scripts/ablations.py` (git `{str(cfg.get('git_commit'))[:10]}`, {cfg.get('started')} -> "
+        f"`python scripts/ablations.py` (git `{short_version(cfg.get('git_commit'))}`, {cfg.get('started')} -> "
         f"{cfg.get('finished')}; {fmt(cfg.get('runs_finished'))} runs, {fmt(cfg.get('run_seconds_total'))} s of "
         f"train + eval wall time in all) on {machine_line(cfg.get('machine'))}; load average "
         f"at start/end {cfg.get('load_average')} (shared cores: seconds and samples/s are noisy). Budget: "
@@ -528,12 +540,12 @@ def ablation_section(abl: dict | None, plots_dir: str) -> str:
     rows = []
     for name, a in arms.items():
         m, s = a["mean"], a["std"]
-        flags = " ".join(f"{k}={v}" for k, v in a.get("flags", {}).items())
+        keys = " ".join(f"{k}={v}" for k, v in a.get("keys", a.get("flags", {})).items())
         rows.append(
             [
                 f"`{name}`",
                 a.get("stage"),
-                flags,
+                f"`{a['overlay']}` ({keys})" if a.get("overlay") else keys,
                 a["n_seeds"],
                 m.get("num_image_tokens"),
                 *[mean_std(m.get(k), s.get(k)) for k in (*METRIC_LABELS, "seconds")],
@@ -541,7 +553,7 @@ def ablation_section(abl: dict | None, plots_dir: str) -> str:
         )
     out += [
         "Per arm, mean ± std over seeds (test split; exact match over answerable rows):",
-        table(["arm", "stage", "flags", "seeds", "image tokens", *METRIC_LABELS.values(), "seconds/run"], rows),
+        table(["arm", "stage", "overlay", "seeds", "image tokens", *METRIC_LABELS.values(), "seconds/run"], rows),
     ]
     comp = [
         [
@@ -559,8 +571,13 @@ def ablation_section(abl: dict | None, plots_dir: str) -> str:
         for c in abl["comparisons"]
     ]
     out += [
-        "Comparisons: diff = mean(B) − mean(A); p = Welch's t-test over seeds; CI = 95% paired bootstrap of the "
-        'diff over seeds. "real" = p < 0.05 and the CI excludes 0.',
+        "Comparisons: diff = mean(B) − mean(A) over the seeds both arms ran; test: "
+        + (cfg.get("statistics") or f"{NOT_MEASURED} (this ablations.json does not say which test it used)")
+        + (
+            f" (statistics recomputed from the recorded per-seed values at {cfg['stats_recomputed']['at']})."
+            if cfg.get("stats_recomputed")
+            else "."
+        ),  # fmt: skip
         table(["comparison", "metric", "A", "B", "A", "B", "diff", "p", "95% CI", "verdict"], comp),
         "### What the numbers support",
         conclusions(abl),
@@ -595,7 +612,7 @@ def conclusions(abl: dict) -> str:
         )
         paired = "; ".join(
             f"{METRIC_LABELS.get(c['metric'], c['metric'])} diff {fmt(c['diff'])}, paired CI "
-            f"[{fmt(c['ci95'][0])}, {fmt(c['ci95'][1])}], Welch p = {fmt(c['p_value'])}"
+            f"[{fmt(c['ci95'][0])}, {fmt(c['ci95'][1])}], p = {fmt(c['p_value'])}"
             for c in cs
             if c["verdict"] == "within seed noise" and c.get("ci95") and (c["ci95"][0] > 0 or c["ci95"][1] < 0)
         )
@@ -614,14 +631,14 @@ def conclusions(abl: dict) -> str:
     if em and max(em) == 0:
         lines.append(
             "- Exact match is 0 for every arm at this budget (the tiny random model has not learned to "
-            "answer yet), so the accuracy and abstention comparisons carry no information; final loss is "
+            "answer yet), so the accuracy and abstention comparisons carry no information; last loss is "
             "the only quality metric that varies between arms here."
         )
     n = sorted({a["n_seeds"] for a in abl["arms"].values()}) or [0]
     seeds = f"{n[0]}" if n[0] == n[-1] else f"{n[0]}-{n[-1]}"
     lines.append(
-        f"- With {seeds} seed(s) per arm (comparisons use the seeds both arms ran), Welch's test has "
-        "little power and the bootstrap CI can only "
+        f"- With {seeds} seed(s) per arm (comparisons use the seeds both arms ran, in pairs), the paired t-test "
+        "has little power (n - 1 degrees of freedom) and the bootstrap CI can only "
         'span the observed seeds: "within seed noise" means *not shown*, not *no effect*. The ablation '
         "budget is smaller than the smoke run, on random tiny backbones; these are statements about this "
         "setting, not about the real-scale models."
@@ -690,11 +707,10 @@ Next steps: run stage 1 + 2 on one H100 with the real recipes and evaluate on Do
 repeat the ablations there with more seeds; add tiling (per-sample image-token counts are already supported)."""
 
 
-def git_commit() -> str:
-    from data_scripts.manifest import git_state
-
-    commit, _ = git_state(ROOT)
-    return commit or "unknown"
+def short_version(version: str) -> str:
+    """data_scripts.manifest.code_version() shortened: 10 hex digits, '+dirty' kept."""
+    commit, _, dirty = str(version).partition("+")
+    return commit[:10] + (f"+{dirty}" if dirty else "")
 
 
 def tiny_backbones(smoke_dir: str | None) -> str:
@@ -711,17 +727,20 @@ def tiny_backbones(smoke_dir: str | None) -> str:
 
 
 def render(abl_path, bench_dir, smoke_path, plots_dir: str) -> str:
+    from data_scripts.manifest import code_version
+
     abl, smoke = load_json(abl_path), load_json(smoke_path)
     smoke_dir = os.path.dirname(os.path.abspath(smoke_path)) if smoke else None
     tiny = tiny_backbones(smoke_dir)
-    offline = {
-        f"offline {s} (`recipes/smoke/{s}.yaml`)": train_plan_counts(
-            os.path.join(ROOT, "recipes", "smoke", f"{s}.yaml"), tiny
-        )
+    smoke_recipe = lambda s: os.path.join(ROOT, "recipes", "smoke", f"{s}.yaml")
+    offline = {  # the runs' own records where they exist
+        f"offline {s} (`recipes/smoke/{s}.yaml`)": recorded_stage(os.path.join(smoke_dir, s), smoke_recipe(s), tiny)
+        if smoke_dir
+        else plan_stage(smoke_recipe(s), tiny)
         for s in ("stage1", "stage2")
     }
-    real = {
-        f"{s} (`recipes/{s}.yaml`)": train_plan_counts(os.path.join(ROOT, "recipes", f"{s}.yaml"))
+    real = {  # never run: plans on the meta device
+        f"{s} (`recipes/{s}.yaml`)": plan_stage(os.path.join(ROOT, "recipes", f"{s}.yaml"))
         for s in ("stage1", "stage2")
     }
     cmd = "python scripts/make_report.py " + " ".join(
@@ -731,7 +750,7 @@ def render(abl_path, bench_dir, smoke_path, plots_dir: str) -> str:
         "\n\n".join(
             [
                 "# Mini-LLaVA report",
-                f"Generated by `{cmd}` at git `{git_commit()[:10]}` on "
+                f"Generated by `{cmd}` at git `{short_version(code_version())}` on "
                 f"{datetime.date.today().isoformat()}. Every number is read from those files or computed by calling "
                 "the "
                 "repo's code; nothing measured is typed by hand. Inputs that were not given say so.",
@@ -740,9 +759,12 @@ def render(abl_path, bench_dir, smoke_path, plots_dir: str) -> str:
                 class_layout(),
                 layout_examples(tiny),
                 "## Training stages",
-                "What trains in each stage (trainable / total parameters, from `run_sft.apply_train_plan` on models "
-                "built on "
-                "the meta device from the recipes):",
+                "What trains in each stage (trainable / total parameters). A stage that ran is read from its "
+                "`run_info.json` (`train_plan`, recorded by `recipes.provenance` at the start of the run); a stage "
+                "that never ran, or ran before that record existed, is a *plan*: its model built on the meta device "
+                "from the recipe and `recipes/backbones/*.json`, frozen by `recipes.builder.apply_train_plan`, LoRA "
+                "applied as SFTTrainer does (`recipes.builder.lora_config` + `peft.get_peft_model`) and counted by "
+                "`recipes.provenance.train_plan_counts` (column *counts from*).",
                 "### Offline default (tiny random backbones, synthetic doc/UI set, CPU)",
                 stage_table(offline),
                 offline_mixture(smoke_dir),

@@ -18,7 +18,7 @@ def stage_summary(out: str, stage: str) -> dict:
     return {
         "first_loss": train["first_loss"],
         "last_loss": train["last_loss"],
-        "train_steps": train["global_step"],
+        "global_step": train["global_step"],
         "train_samples_per_second": train["train_samples_per_second"],
         **{k: ev["metrics"].get(k) for k in FIELDS},
         "threshold": ev.get("threshold"),

@@ -68,15 +68,21 @@ def empty(tmp_path_factory):
 
 
 def test_ablation_tables_come_from_the_fixture(filled):
-    arm = row(filled, "`s1_mlp`", "1")
-    assert "0.432 ± 0.0123" in arm and "| 3 | 64 |" in arm  # exact match mean ± std; seeds; image tokens
-    assert "0.712 ± 0.0131" in row(filled, "`s1_prefix`", "1")
+    arm = row(
+        filled, "`s1_mlp`", "1", "`recipes/ablations/s1_mlp.yaml` (projector_type=mlp2x_gelu image_position=user_turn)"
+    )
+    assert "0.425 ± 0.0221" in arm and "| 3 | 64 |" in arm  # exact match mean ± std; seeds; image tokens
+    assert "| 3.2 ± 0.1 |" in arm  # last loss
+    assert "0.712 ± 0.0132" in row(filled, "`s1_prefix`", "1")
     real = row(filled, "image_position", "exact match")
-    assert "0.28" in real and "0.000417" in real and "[0.264, 0.297]" in real and "real: s1_prefix higher" in real
+    assert "| 0.287 | 0.000943 | [0.27, 0.3] | real: s1_prefix higher |" in real
     assert "within seed noise" in row(filled, "image_position", "abstain F1")
-    assert "exact match 0.432 -> 0.712 (p = 0.000417)" in filled  # the conclusion quotes the numbers
+    assert "real: s1_prefix lower" in row(filled, "image_position", "last loss")
+    assert "exact match 0.425 -> 0.712 (p = 0.000943)" in filled  # the conclusion quotes the numbers
     assert "Within seed noise: abstain F1" in filled
     assert "failed: 3" in filled and "Fixture CPU 9000" in filled  # the failed seed and the machine are reported
+    assert "test: paired design" in filled and "scipy.stats.ttest_rel" in filled  # the test used is named
+    assert "final loss" not in filled and "Welch" not in filled
 
 
 def test_bench_smoke_and_failure_tables_come_from_the_fixtures(filled):
@@ -85,8 +91,10 @@ def test_bench_smoke_and_failure_tables_come_from_the_fixtures(filled):
     assert "- note: fixture note" in filled
     assert row(filled, "first_loss").endswith("| 6.43 | 1.5 |")
     assert row(filled, "exact_match").endswith("| 0.111 | 0.555 |")
-    assert "| stage1 | 1,600 | 300 | 4,800 |" in filled  # samples seen = samples/s x runtime (9.5 x 505.3)
+    # steps and tokens as train_results.json recorded them; samples seen = samples/s x runtime (9.5 x 505.3)
+    assert "| stage1 | 1,600 | 300 | 4,800 | 123,456 | 505 | 9.5 |" in filled
     assert "1,234 s wall time" in filled
+    assert "Machine: Recorded CPU 7000, 4 cores, no GPU (recorded in stage1/run_info.json)" in filled
     assert row(filled, "false_abstention", "9")
     assert "| ocr_miss | What is the invoice total? | $12.50 | $15.20 | 0.457 |" in filled
 
@@ -95,7 +103,15 @@ def test_stage_tables_are_computed_from_the_recipes(filled):
     stage1 = row(filled, "stage1 (`recipes/stage1.yaml`)", "FROZEN")
     assert "| 729 |" in stage1  # SigLIP-so400m 27x27 grid, computed by the config
     assert re.search(r"FROZEN 0 / 428,\d{3},\d{3}", stage1)  # the tower's size, counted on the meta device
-    assert "TRAINED" in row(filled, "offline stage1 (`recipes/smoke/stage1.yaml`)")
+    # a stage that recorded its train plan is read from run_info.json; one without the record is planned
+    recorded = row(filled, "offline stage1 (`recipes/smoke/stage1.yaml`)")
+    assert recorded.startswith(
+        "| offline stage1 (`recipes/smoke/stage1.yaml`) | TRAINED 1,111 / 1,111 | TRAINED 2,222"
+    )
+    assert recorded.endswith("| 6,666 | 0 | not measured | run_info.json |")
+    planned = row(filled, "offline stage2 (`recipes/smoke/stage2.yaml`)")
+    assert planned.endswith("| meta-device plan |") and "PARTIAL" in planned  # LoRA inside the LLM
+    assert row(filled, "stage2 (`recipes/stage2.yaml`)", "FROZEN").endswith("| meta-device plan |")  # never ran
     assert "user_turn:\n<|im_start|>system" in filled and "prefix:\n[64 x <|image_pad|>]<|im_start|>" in filled
     assert "Estimate, not a measurement" in filled and "989 TFLOP/s" in filled
     assert "Published reference points" in filled and "58.2" in filled
