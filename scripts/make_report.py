@@ -621,8 +621,7 @@ def conclusions(abl: dict) -> str:
             + (f"differences beyond seed noise: {said}. " if real else "no difference beyond seed noise. ")
             + (f"Within seed noise: {noise}." if noise else "")
             + (
-                f" Same sign in every paired seed but smaller than the seed-to-seed spread (not called real): "
-                f"{paired}."
+                f" The paired CI excludes 0 but the paired t-test does not reach p < 0.05 (not called real): {paired}."
                 if paired
                 else ""
             )
