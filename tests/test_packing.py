@@ -1,7 +1,11 @@
 """Padding-free packing: the collator's packed row is TRL's padding_free layout, and the model's loss and logits on it
 equal those of each sample run alone (eager and sdpa), also through TRL's SFTTrainer."""
 
+import json
 import math
+import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +15,8 @@ from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from processing.collator import IGNORE_INDEX, MiniLlavaDataCollator
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def user(text, n_images=0):
@@ -138,3 +144,23 @@ def test_sft_trainer_trains_a_packed_step_with_the_loss_of_each_sample_alone(bui
     assert math.isfinite(logged) and logged == pytest.approx(expected.item(), rel=1e-5)
     assert trainer._total_train_tokens == batch["input_ids"].shape[1]  # TRL counts a packed row's tokens, no pad
     assert not torch.equal(model.model.multi_modal_projector.linear_1.weight, projector)
+
+
+def test_bench_packing_quick_runs_the_same_work_three_ways(backbones, tmp_path):
+    """The benchmark's three candidates start from the same loss on the same rows (else its ratios mean nothing)."""
+    if str(ROOT) not in sys.path:  # bench/ is not an installed package; it imports as `bench.*` from the root
+        sys.path.insert(0, str(ROOT))
+    from bench import bench_packing
+
+    folder = os.path.dirname(backbones["llm-qwen2"])
+    out = tmp_path / "packing.json"
+    returned = bench_packing.main(["--quick", "--repeats", "1", "--backbones", folder, "--json", str(out)])
+    r = json.loads(out.read_text())["results"]
+    assert r == json.loads(json.dumps(returned["results"], default=str))
+    losses = r["initial_losses"]
+    assert set(losses) == {"packed", "padded", "llava_padded"}
+    assert max(losses.values()) - min(losses.values()) < 1e-4 and all(math.isfinite(x) for x in losses.values())
+    assert r["useful_tokens"] < r["padded_tokens_computed"] and 0 < r["padding_fraction"] < 1
+    assert r["row_length_min"] < r["row_length_max"] and r["image_tokens"] > 0
+    for name in ("packed", "padded", "llava_padded"):
+        assert r[name]["useful_tokens_per_s"] == pytest.approx(r["useful_tokens"] / r[name]["median_s"])
