@@ -1,6 +1,7 @@
 """For a lent GPU: a random-initialised Qwen2.5-1.5B-architecture LLM + SigLIP-so400m in bf16, stage-2 train plan
-(projector + LoRA r=16 via run_sft.apply_train_plan), gradient checkpointing; samples/s, tokens/s, peak memory
-(torch.cuda.max_memory_allocated) next to memory_plan's estimate, and MFU. `--quick`: tiny configs on CPU, no MFU.
+(projector + LoRA r=16: recipes.builder's plan, LoRA applied with PEFT as SFTTrainer does), gradient checkpointing;
+samples/s, tokens/s, peak memory (torch.cuda.max_memory_allocated) next to memory_plan's estimate, and MFU.
+`--quick`: tiny configs on CPU, no MFU.
 
     python -m bench.bench_gpu_train_step [--llm qwen2.5-1.5b-instruct] [--batch_size 4] [--seq_len 2048] [--json OUT]
     python -m bench.bench_gpu_train_step --quick          # CPU smoke run (what the tests do)
@@ -95,7 +96,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--peak_tflops", type=float, default=None, help="bf16 peak of the GPU if not in the table")
     args = parser.parse_args(argv)
     machine = start(args)
-    import run_sft  # trl + peft: imported only when run
+    from peft import get_peft_model  # trl + peft: imported only when run
+
+    from recipes.arguments import ModelArguments
+    from recipes.builder import apply_train_plan, lora_config
+    from recipes.provenance import train_plan_counts
 
     cuda = torch.cuda.is_available() and not args.quick
     if not args.quick and not cuda:
@@ -104,8 +109,13 @@ def main(argv=None) -> dict:
     batch_size, seq_len = args.batch_size or (2 if args.quick else 4), args.seq_len or (96 if args.quick else 2048)
     steps, ckpt = args.steps or (2 if args.quick else 10), not args.no_gradient_checkpointing
     model = build(args, device, dtype)
-    model = run_sft.apply_train_plan(model, run_sft.ModelArguments(lora_r=args.lora_r), gradient_checkpointing=ckpt)
+    plan = ModelArguments(lora_r=args.lora_r)
+    model = apply_train_plan(model, plan, gradient_checkpointing=ckpt)
+    if ckpt:  # as SFTTrainer does before wrapping: PEFT then makes the inputs require grad for the recompute
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(model, lora_config(model, plan))
     trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable_params = sum(c["trainable"] for c in train_plan_counts(model).values())
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
     batch = make_batch(model.get_base_model().config, batch_size, seq_len, device, dtype, args.seed)
 
@@ -130,7 +140,7 @@ def main(argv=None) -> dict:
     peak = peak_tflops(machine["gpu"] or "", args.peak_tflops) if cuda else None
     results = {"device": machine["gpu"] or "cpu", "dtype": str(dtype), "llm": "tiny" if args.quick else args.llm,
                "plan": f"stage 2: projector + LoRA r={args.lora_r}", "gradient_checkpointing": ckpt,
-               "batch_size": batch_size, "seq_len": seq_len, "trainable_params": sum(p.numel() for p in trainable),
+               "batch_size": batch_size, "seq_len": seq_len, "trainable_params": trainable_params,
                "step": s,
                "samples_per_s": batch_size / s["median_s"], "tokens_per_s": batch_size * seq_len / s["median_s"],
                "model_flops_per_step": model_flops, "hardware_flops_per_step": hw_flops,

@@ -1,6 +1,6 @@
 """Memory plan for the real backbones (Qwen2.5-1.5B/3B/7B + SigLIP-so400m), built on the meta device: parameters per
-module, trainable parameters per stage (run_sft's train plans) and an ESTIMATE of peak training memory for LoRA (bf16)
-and QLoRA (4-bit NF4). Nothing here is measured: no GPU was available; bench_gpu_train_step.py measures it.
+module, trainable parameters per stage (recipes.builder's train plans) and an ESTIMATE of peak training memory for
+LoRA (bf16) and QLoRA (4-bit NF4). Nothing here is measured: no GPU was available; bench_gpu_train_step.py measures it.
 
     python -m bench.memory_plan [--quick] [--json bench/results/memory_plan.json]
 """
@@ -76,12 +76,18 @@ def lora_params_from_modules(model, r: int, targets: list[str]) -> int:
 
 
 def peft_trainable(llm: str, lora_r: int) -> int:
-    """Trainable parameters after run_sft.apply_train_plan (the real plan, PEFT on the meta model)."""
-    import run_sft
+    """Trainable parameters of the real stage-2 plan on the meta model: recipes.builder's freezing, LoRA applied as
+    SFTTrainer does (peft.get_peft_model with recipes.builder.lora_config), counted by train_plan_counts."""
+    from peft import get_peft_model
 
-    plan = run_sft.ModelArguments(lora_r=lora_r)
-    model = run_sft.apply_train_plan(build_meta(llm), plan, gradient_checkpointing=False)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    from recipes.arguments import ModelArguments
+    from recipes.builder import apply_train_plan, lora_config
+    from recipes.provenance import train_plan_counts
+
+    plan = ModelArguments(lora_r=lora_r)
+    model = apply_train_plan(build_meta(llm), plan)
+    model = get_peft_model(model, lora_config(model, plan))
+    return sum(c["trainable"] for c in train_plan_counts(model).values())
 
 
 def decoder_linear_params(model) -> int:
