@@ -132,6 +132,10 @@ def run_outputs(out, ranks: int) -> types.SimpleNamespace:
     checkpoint = out / f"checkpoint-{STEPS}"
     counters = [json.loads((checkpoint / f"run_counters_rank{r}.json").read_text()) for r in range(ranks)]
     assert not (checkpoint / f"run_counters_rank{ranks}.json").exists()  # no more processes than launched
+    # One main process: the train plan and the artefacts line are printed once (two processes that each trained
+    # alone would both believe they are the main one).
+    log = (out.parent / "launch.log").read_text()
+    assert log.count("Train plan:") == 1 and log.count(f"Artefacts in {out}") == 1, log[-3000:]
     # Compared as loaded: a ZeRO-3 save names the keys in the backbones' own layout (model.language_model.model.*),
     # a plain save in ours (model.language_model.*); from_pretrained maps both onto the same parameters.
     model, info = MiniLlavaForConditionalGeneration.from_pretrained(str(out), output_loading_info=True)
