@@ -17,6 +17,14 @@ from trl.scripts.utils import DatasetMixtureConfig
 
 LLM_LINEAR_NAMES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TOO_LONG_POLICIES = ("skip", "truncate")
+# TrainingArguments fields whose __post_init__ replaces the parsed value by another type (`fsdp: "full_shard"` ->
+# True), so their type hint no longer describes the value check_types sees; TrainingArguments validates them itself.
+CONVERTED_AFTER_PARSING = {"fsdp"}
+# ModelArguments that only apply when the model is built from the backbones (init_from's config.json fixes them)
+ARCHITECTURE_KEYS = (
+    "vision_name", "llm_name", "projector_type", "perceiver_num_latents", "pixel_shuffle_factor",
+    "vision_feature_layer", "max_tiles",
+)  # fmt: skip
 
 
 @dataclass
@@ -30,6 +38,12 @@ class ModelArguments:
     vision_feature_layer: int = -1
     image_position: str | None = field(
         default=None, metadata={"help": "prefix | user_turn; default: user_turn, or init_from's layout"}
+    )
+    max_tiles: int | None = field(
+        default=None, metadata={"help": "AnyRes (LLaVA-NeXT) image splitting: grids of up to this many tiles"}
+    )
+    max_image_tokens: int | None = field(
+        default=None, metadata={"help": "AnyRes: image tokens per sample; larger grids shrink to fit (logged)"}
     )
     # The train plan: what is trainable in this stage.
     train_projector: bool = True
@@ -146,6 +160,14 @@ def check_recipe(model_args, data_args, training_args) -> None:
         )
     if not (model_args.init_from or (model_args.vision_name and model_args.llm_name)):
         raise ValueError("Set `init_from` (a previous stage's output) or both `vision_name` and `llm_name`.")
+    if model_args.init_from:  # the architecture is init_from's config.json; a key that would change it is refused
+        default = ModelArguments()
+        changed = [k for k in ARCHITECTURE_KEYS if getattr(model_args, k) != getattr(default, k)]
+        if changed:
+            raise ValueError(
+                f"Recipe keys {changed} shape a model built from the backbones, but `init_from` loads one whose "
+                "config.json fixes them: drop them, or set `init_from: null` with `vision_name` and `llm_name`."
+            )
     if model_args.llm_full and model_args.lora_r:
         raise ValueError("`llm_full: true` and `lora_r > 0` conflict: pick full fine-tuning or LoRA.")
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.init_from:
@@ -154,6 +176,12 @@ def check_recipe(model_args, data_args, training_args) -> None:
         # SFTTrainer casts a quantized model's trainable weights (LoRA, the projector copy) to bfloat16, while PEFT's
         # kbit preparation keeps the vision tower in float32: only autocast makes the two meet (else step 1 fails).
         raise ValueError("QLoRA/8-bit needs mixed precision: set `bf16: true` (with `use_cpu: true` on a CPU).")
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and training_args.use_cpu:
+        # accelerate 1.15 only switches to FSDP for GPU-type backends: on CPU (MULTI_CPU) it drops the plugin.
+        raise ValueError(
+            "accelerate launch asked for FSDP with `use_cpu: true`, but accelerate runs no FSDP on CPU (it would "
+            "silently be plain DDP). On CPU use recipes/accelerate/ddp.yaml or deepspeed_zero3.yaml."
+        )
     if transformers.integrations.is_deepspeed_zero3_enabled() and not model_args.init_from:
         raise ValueError(
             "DeepSpeed ZeRO-3 needs `init_from` (a saved MiniLlava, e.g. the stage-1 output): from_backbones builds "
@@ -166,6 +194,8 @@ def check_types(*configs) -> None:
     for cfg in configs:
         hints = typing.get_type_hints(type(cfg))
         for f in dataclasses.fields(cfg):
+            if f.name in CONVERTED_AFTER_PARSING:
+                continue
             value, hint = getattr(cfg, f.name), hints.get(f.name)
             is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
             allowed = typing.get_args(hint) if is_union else (hint,)

@@ -56,9 +56,14 @@ def build_processor(args: ModelArguments):
     """(processor, model config) without building the model, so the data can be checked first."""
     if args.init_from:
         processor = MiniLlavaProcessor.from_pretrained(args.init_from)
+        config = MiniLlavaConfig.from_pretrained(args.init_from)
         if args.image_position:
             processor.set_image_position(args.image_position)
-        return processor, MiniLlavaConfig.from_pretrained(args.init_from)
+        if args.max_image_tokens is not None:  # a budget, not the architecture: this stage may change it
+            if config.image_grid_pinpoints is None:
+                raise ValueError(f"max_image_tokens={args.max_image_tokens}: {args.init_from} has no AnyRes grids.")
+            processor.max_image_tokens = config.max_image_tokens = args.max_image_tokens
+        return processor, config
     config = MiniLlavaConfig.from_backbones(args.vision_name, args.llm_name, **architecture(args))
     return MiniLlavaProcessor.from_backbones(args.vision_name, args.llm_name, config=config), config
 
@@ -70,6 +75,8 @@ def architecture(args: ModelArguments) -> dict:
         pixel_shuffle_factor=args.pixel_shuffle_factor,
         vision_feature_layer=args.vision_feature_layer,
         image_position=args.image_position or "user_turn",
+        max_tiles=args.max_tiles,
+        max_image_tokens=args.max_image_tokens,
     )
 
 
@@ -159,6 +166,8 @@ def build_model(args: ModelArguments, training_args: SFTConfig):
         )  # fmt: skip
     if args.init_from and args.image_position:  # the layout is the processor's; the config records it
         model.config.image_position = args.image_position
+    if args.init_from and args.max_image_tokens is not None:
+        model.config.max_image_tokens = args.max_image_tokens
     use_portable_names(model)
     return model
 

@@ -270,6 +270,14 @@ def projector_type(folder: str, recipe: dict) -> str:
     return recipe.get("projector_type", "mlp2x_gelu")
 
 
+def card_base_model(info: dict):
+    """The card's `base_model`: both backbones; the model `init_from` names when its backbones are unknown (a
+    folder not written by run_sft.py); a single name as a string, as the Hub writes it."""
+    bases = [b for b in (info.get("base_models", {}).get(k) for k in ("vision", "llm")) if b]
+    bases = bases or [info["init_from"]] if info.get("init_from") else bases
+    return bases[0] if len(bases) == 1 else bases or None
+
+
 def write_training_card(folder: str, model_id: str | None = None) -> str:
     """folder/README.md from the folder's records, for the model at `model_id` (a Hub id; default: the folder as a
     path from here). Evaluation results already in the card (run_eval's model-index and section) are kept."""
@@ -288,7 +296,7 @@ def write_training_card(folder: str, model_id: str | None = None) -> str:
     name = model_id.split("/")[-1] if "/" in model_id and not os.path.isdir(model_id) else model_id
     data = ModelCardData(
         model_name=name,
-        base_model=[b for b in (bases.get("vision"), bases.get("llm")) if b] or None,
+        base_model=card_base_model(info),
         datasets=[d["path"] for d in info.get("datasets", [])] or None,
         license=info.get("license", "other"),
         library_name="transformers",

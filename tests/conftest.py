@@ -50,3 +50,15 @@ def save_quiet_model(build):
         return str(folder)
 
     return _save
+
+
+@pytest.fixture(scope="session")
+def synthetic_set(tmp_path_factory) -> str:
+    """The synthetic doc/UI set (make_synthetic, n=200, seed 0), built once per session for every module that only
+    reads it (train / validation / test splits + manifest.json). Modules that need another size or damage rows build
+    their own."""
+    from data_scripts.make_synthetic import build_synthetic
+
+    out = str(tmp_path_factory.mktemp("synthetic_set") / "synthetic")
+    build_synthetic(out, n=200, seed=0)
+    return out

@@ -111,3 +111,20 @@ def test_without_max_length_rows_beyond_the_llms_context_are_dropped(backbones, 
     row = dict(load_dataset_dir(bad_data)["train"][0])
     row["messages"][1]["content"][0]["text"] = "Acme Corp invoice total " * 5000
     assert collator.check_row(row)[0] == "too_long"
+
+
+def test_the_recipes_max_length_and_too_long_policy_change_what_trains(backbones, bad_data, tmp_path):
+    """The long row (row-150, its answer past max_length=160) is dropped with `too_long: skip` and trains, cut at
+    max_length, with `too_long: truncate`: the data check, the counters and the losses all see the difference."""
+    runs = {}
+    for policy in ("skip", "truncate"):
+        out = tmp_path / policy
+        runs[policy] = recipes.run([write_recipe(tmp_path / f"{policy}.yaml", backbones, bad_data, out,
+                                                 too_long=policy, data_seed=0, max_steps=3)])  # fmt: skip
+        runs[policy]["report"] = json.loads((out / "data_check.json").read_text())["splits"][0]
+    assert runs["skip"]["report"]["dropped"] == {"unreadable_image": 2, "too_long": 1}
+    assert runs["truncate"]["report"]["dropped"] == {"unreadable_image": 2}  # kept, to be cut
+    assert (runs["skip"]["train_rows"], runs["truncate"]["train_rows"]) == (N_ROWS - 3, N_ROWS - 2)
+    assert runs["skip"]["collator"].get("truncated", 0) == 0
+    # the same order of the kept rows (data_seed); the truncate run trains on 197 + 1 rows: its batches differ
+    assert runs["skip"]["losses"] != runs["truncate"]["losses"]

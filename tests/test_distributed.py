@@ -16,6 +16,8 @@ import pytest
 import torch
 import yaml
 
+import recipes
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEEPSPEED_CONFIGS = {"zero2.json": 2, "zero3.json": 3, "zero3_offload.json": 3}  # file -> ZeRO stage
 ACCELERATE_CONFIGS = {
@@ -243,15 +245,13 @@ def test_broken_or_missing_deepspeed_json_fails(tmp_path, no_leftover_deepspeed)
 
 
 def test_zero3_without_init_from_is_refused_at_parse_time(tiny_run, tmp_path, no_leftover_deepspeed):
-    import run_sft
-
     recipe = {k: v for k, v in tiny_run.common.items() if k != "init_from"}
     recipe = write_recipe(
         tmp_path, "z3.yaml", **recipe, vision_name=tiny_run.vision, llm_name=tiny_run.llm,
         output_dir=str(tmp_path / "out"), deepspeed=os.path.join(REPO, "recipes", "deepspeed", "zero3.json"),
     )  # fmt: skip
     with pytest.raises(ValueError, match="ZeRO-3 needs `init_from`"):
-        run_sft.main([recipe])  # refused while parsing the recipe: nothing is loaded or written
+        recipes.parse_recipe([recipe])  # refused while parsing the recipe: nothing is loaded or written
     assert not (tmp_path / "out").exists()
 
 
@@ -326,20 +326,24 @@ def test_fsdp1_without_an_accelerator_fails_building_the_plugin(monkeypatch):
         fsdp_plugin(monkeypatch, "--fsdp_version", "1")
 
 
-def test_fsdp_yaml_on_cpu_trains_as_plain_ddp(tiny_run, single_run, init_weights, tmp_path):
-    """A canary for a limit of accelerate 1.15, not a feature: on CPU fsdp.yaml does NOT shard. accelerate's
-    AcceleratorState switches to FSDP only for GPU-like distributed types (MULTI_GPU, MULTI_XPU, ...); `use_cpu: true`
-    makes it MULTI_CPU (gloo) and the FSDP plugin is dropped without a word, so the run is DDP. torch's own
-    fully_shard does run on CPU with gloo; the Trainer cannot reach it here. If this test fails, accelerate learnt
-    FSDP on CPU: then assert FSDP's checkpoint files (optimizer.bin, pytorch_model_fsdp.bin) instead."""
+def test_fsdp_yaml_on_cpu_is_refused_at_parse_time(tiny_run, monkeypatch, tmp_path):
+    """accelerate 1.15 switches to FSDP only for GPU-like distributed types (MULTI_GPU, MULTI_XPU, ...); `use_cpu:
+    true` makes the run MULTI_CPU (gloo) and drops the FSDP plugin without a word, so fsdp.yaml on CPU would train as
+    plain DDP (measured: optimizer.pt, no FSDP files, weights equal to DDP's). run_sft refuses it instead, with the
+    environment `accelerate launch --config_file recipes/accelerate/fsdp.yaml` gives each process."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    monkeypatch.chdir(REPO)
+    argv = ["--config_file", "recipes/accelerate/fsdp.yaml", "--num_processes", str(WORLD), "run_sft.py"]
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(argv))
+    for key, value in prepare_multi_gpu_env(args).items():
+        monkeypatch.setenv(key, value)
     out = tmp_path / "out"
     recipe = write_recipe(tmp_path, "fsdp.yaml", **tiny_run.common, output_dir=str(out))
-    seconds = launch([recipe], tmp_path / "launch.log", config="fsdp.yaml")
-    print(f"fsdp.yaml run on CPU: {seconds:.1f} s")
-    run = run_outputs(out, ranks=WORLD)
-    assert (run.checkpoint / "optimizer.pt").exists()  # the plain Trainer's file: FSDP would write optimizer.bin
-    assert not (run.checkpoint / "optimizer.bin").exists() and not (run.checkpoint / "pytorch_model_fsdp.bin").exists()
-    assert_sharded_like_single(run, single_run, init_weights)  # as DDP, it is still right
+    with pytest.raises(ValueError, match="FSDP with `use_cpu: true`.*plain DDP"):
+        recipes.parse_recipe([recipe])
+    assert not out.exists()
 
 
 # --- real multi-process runs of run_sft.py ----------------------------------------------------------------------

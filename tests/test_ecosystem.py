@@ -259,15 +259,17 @@ def test_stage2_run_output_names_no_local_path(stage2, tmp_path_factory):
 def test_run_eval_card_names_no_local_path(stage2, model_dir, synthetic, tmp_path, tmp_path_factory):
     from huggingface_hub import ModelCard
 
+    card_path = stage2 / "README.md"
+    trained_name = ModelCard.load(card_path).data.model_name  # run_sft's card, before the evaluation
     evaluation.main(
         ["--model", model_dir, "--adapter", str(stage2), "--dataset", synthetic, "--split", "test",
          "--max_samples", "2", "--max_new_tokens", "2", "--batch_size", "2", "--output_dir", str(tmp_path / "eval")]
     )  # fmt: skip
-    card_path = stage2 / "README.md"
     assert str(tmp_path_factory.getbasetemp()) not in card_path.read_text()
     card = ModelCard.load(card_path)
     assert card.data.eval_results and card.data.eval_results[0].dataset_name == "synthetic"
     assert card.data.base_model == "stage1"  # run_sft's portable name, kept
+    assert card.data.model_name == trained_name and "## Training" in card.text  # appended to, never renamed
 
 
 def test_model_card_drops_absolute_base_models_and_keeps_hub_ids(tmp_path):

@@ -10,7 +10,6 @@ import pytest
 from datasets import Image, List
 from PIL import Image as PILImage
 
-from data_scripts.make_synthetic import build_synthetic
 from data_scripts.schema import encode_png, load_dataset_dir, save_dataset_dict
 from metrics import evaluation
 from metrics.gallery import render_gallery, select_failures
@@ -42,11 +41,10 @@ def _with_bad_images(ds, bad: dict):
 
 
 @pytest.fixture(scope="module")
-def datasets_dirs(tmp_path_factory):
+def datasets_dirs(tmp_path_factory, synthetic_set):
     """(clean folder, folder with bad images, the bad rows' ids): test = 8 rows, validation = 4 rows."""
     root = tmp_path_factory.mktemp("robust_data")
-    build_synthetic(str(root / "source"), n=40, seed=0)
-    rows = load_dataset_dir(str(root / "source"))["train"]
+    rows = load_dataset_dir(synthetic_set)["train"]
     clean = {"test": rows.select(range(TEST_ROWS)), "validation": rows.select(range(TEST_ROWS, TEST_ROWS + 4))}
     save_dataset_dict(clean, str(root / "clean"), {"converter": "synthetic"})
     bad = {

@@ -11,7 +11,6 @@ import pytest
 from huggingface_hub import ModelCard
 from transformers import GenerationConfig
 
-from data_scripts.make_synthetic import build_synthetic
 from data_scripts.schema import load_dataset_dir, save_dataset_dict
 from metrics import evaluation
 from metrics.abstention.abstention import abstention_scores
@@ -24,9 +23,9 @@ N_SAMPLES = 16
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("eval_data") / "synthetic")
-    return out, build_synthetic(out, n=200, seed=0)
+def synthetic(synthetic_set):
+    with open(os.path.join(synthetic_set, "manifest.json")) as f:
+        return synthetic_set, json.load(f)
 
 
 @pytest.fixture(scope="module")

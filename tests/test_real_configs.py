@@ -16,21 +16,11 @@ def load_config(name: str):
     return AutoConfig.for_model(**json.loads((BACKBONES / f"{name}.json").read_text()))
 
 
-@pytest.mark.parametrize(
-    "llm, hidden, layers, heads, kv_heads, inter, vocab, tied",
-    [
-        ("qwen2.5-1.5b-instruct", 1536, 28, 12, 2, 8960, 151936, True),
-        ("qwen2.5-3b-instruct", 2048, 36, 16, 2, 11008, 151936, True),
-        ("qwen2.5-7b-instruct", 3584, 28, 28, 4, 18944, 152064, False),
-    ],
-)
+@pytest.mark.parametrize("llm", ["qwen2.5-1.5b-instruct", "qwen2.5-3b-instruct", "qwen2.5-7b-instruct"])
 @pytest.mark.parametrize("projector", ["mlp2x_gelu", "perceiver", "pixel_shuffle_mlp"])
-def test_real_sizes_build_and_run_on_meta(llm, hidden, layers, heads, kv_heads, inter, vocab, tied, projector):
+def test_real_sizes_build_and_run_on_meta(llm, projector):
     text = load_config(llm)
-    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads) == (
-        hidden, layers, heads, kv_heads
-    )  # fmt: skip
-    assert (text.intermediate_size, text.vocab_size, text.tie_word_embeddings) == (inter, vocab, tied)
+    hidden, vocab, tied = text.hidden_size, text.vocab_size, text.tie_word_embeddings
     vision = load_config("siglip-so400m-patch14-384")
     sizes = {"pixel_shuffle_factor": 3, "perceiver_num_latents": 64}
     image_token_id = {"qwen2": 151655}.get(text.model_type, vocab)  # Qwen2.5's <|image_pad|>; else an added token

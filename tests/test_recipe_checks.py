@@ -12,7 +12,7 @@ def recipe(tmp_path, **changes) -> str:
     values = {"vision_name": "v", "llm_name": "l", "datasets": [{"path": "d"}], "output_dir": str(tmp_path / "o"),
               "use_cpu": True, "bf16": False, **changes}  # fmt: skip
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(values))
+    path.write_text(yaml.safe_dump({k: v for k, v in values.items() if v is not None}))
     return str(path)
 
 
@@ -37,8 +37,9 @@ def test_a_missing_local_model_folder_is_named_before_anything_loads(tmp_path, m
     (tmp_path / "outputs").mkdir()  # `outputs/stage1` is then a local path, not the Hub id `org/name`
     monkeypatch.setattr(recipes.builder, "load_mixture", lambda *a, **k: pytest.fail("data was loaded"))
     missing = {"llm_name": "./models/llm", "vision_name": "/nowhere/tower", "init_from": "outputs/stage1"}[key]
+    backbones = {"vision_name": None, "llm_name": None} if key == "init_from" else {}  # init_from fixes them
     with pytest.raises(ValueError, match=rf"Recipe key '{key}': no such folder '{missing}'"):
-        recipes.run([recipe(tmp_path, **{key: missing})])
+        recipes.run([recipe(tmp_path, **{key: missing, **backbones})])
 
 
 def test_a_missing_dataset_folder_is_named(tmp_path, monkeypatch):

@@ -168,3 +168,34 @@ def test_the_resolved_recipe_parses_back_to_the_same_run(files, tmp_path):
 def test_collator_keys_are_checked_at_parse_time(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
         recipes.parse_recipe([write(tmp_path, "r.yaml", {**BASE, **changes})])
+
+
+def test_architecture_keys_with_init_from_are_refused(tmp_path):
+    recipe = {**BASE, "init_from": "out/stage1", "vision_name": None, "llm_name": None, "projector_type": "perceiver"}
+    with pytest.raises(ValueError, match=r"\['projector_type'\].*init_from"):
+        recipes.parse_recipe([write(tmp_path, "r.yaml", recipe)])
+
+
+def test_max_tiles_and_the_token_budget_reach_the_config_and_processor(backbones, tmp_path):
+    recipe = {**BASE, "vision_name": backbones["vision-siglip"], "llm_name": backbones["llm-qwen2"]}
+    model_args, _, _ = recipes.parse_recipe(
+        [write(tmp_path, "r.yaml", recipe), "--max_tiles", "4", "--max_image_tokens", "300"]
+    )
+    processor, config = recipes.build_processor(model_args)
+    tile = config.vision_config.image_size
+    grids = {(h // tile, w // tile) for h, w in config.image_grid_pinpoints}
+    assert grids == {(r, c) for r in range(1, 5) for c in range(1, 5) if r * c <= 4}
+    assert config.max_image_tokens == processor.max_image_tokens == 300
+
+
+def test_run_eval_recipes_compose_the_same_way(tmp_path):
+    from metrics.evaluation import parse_args
+
+    base = write(
+        tmp_path, "eval.yaml", {"model": "org/model", "dataset": "org/data", "split": "test", "batch_size": 4}
+    )
+    overlay = write(tmp_path, "val.yaml", {"split": "validation", "max_samples": 8})
+    args = parse_args([base, overlay, "--batch_size", "2"])
+    assert (args.model, args.split, args.max_samples, args.batch_size) == ("org/model", "validation", 8, 2)
+    with pytest.raises(ValueError, match="max_sample"):
+        parse_args([base, write(tmp_path, "typo.yaml", {"max_sample": 8})])

@@ -19,7 +19,6 @@ import yaml
 from safetensors.torch import load_file
 
 import recipes
-from data_scripts.make_synthetic import build_synthetic
 from data_scripts.schema import load_dataset_dir
 from modeling_minillava import MiniLlavaConfig, MiniLlavaForConditionalGeneration
 from processing import MiniLlavaProcessor
@@ -46,10 +45,8 @@ def mlp2x_count(d_in: int, hidden: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> str:
-    out = str(tmp_path_factory.mktemp("data") / "synthetic")
-    build_synthetic(out, n=80, seed=0)
-    return out
+def synthetic(synthetic_set) -> str:
+    return synthetic_set
 
 
 @pytest.fixture(scope="module")
