@@ -158,7 +158,7 @@ def check_threshold(threshold, default: float) -> float:
 
 
 def generate_answer(model, processor, image: Image.Image, question: str, streamer=None):
-    """(generate() output with raw logits, prompt length) for one image and question, greedy."""
+    """(generate() output with raw logits, prompt length, how the image was read) for one image and question."""
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(images=[image], text=[text], return_tensors="pt")
@@ -166,7 +166,19 @@ def generate_answer(model, processor, image: Image.Image, question: str, streame
         **inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, streamer=streamer, output_logits=True,
         return_dict_in_generate=True,
     )  # fmt: skip
-    return out, inputs["input_ids"].shape[1]  # generate returns prompt + new tokens
+    return out, inputs["input_ids"].shape[1], describe_reading(processor, inputs)  # generate: prompt + new tokens
+
+
+def describe_reading(processor, inputs) -> dict:
+    """How the model saw the image: AnyRes tiles (rows x cols + the whole image as an overview, as LLaVA-NeXT) or
+    the whole image squashed into one tile, and the image tokens that took (the placeholders in the prompt)."""
+    tokens = int((inputs["input_ids"] == processor.image_token_id).sum())
+    grids = inputs.get("image_grids")
+    if grids is None:
+        return {"rows": 1, "cols": 1, "overview": False, "image_tokens": tokens, "text": "one tile (squashed)"}
+    rows, cols = (int(v) for v in grids[0])
+    text = f"{rows}×{cols} tile{'s' if rows * cols > 1 else ''} + an overview"
+    return {"rows": rows, "cols": cols, "overview": True, "image_tokens": tokens, "text": text}
 
 
 def percent(value: float, other: float | None = None) -> str:
@@ -177,6 +189,15 @@ def percent(value: float, other: float | None = None) -> str:
     if 0 < value < 0.01 or 0.99 < value < 1 or ties:
         return f"{100 * value:.1f}%"
     return f"{whole}%"
+
+
+def reading_line(result: dict) -> str:
+    """'Read as 2×3 tiles + an overview, 1,234 image tokens': how the image was split, for the verdict."""
+    reading = result.get("image_reading")
+    if not reading:
+        return ""
+    text = f"Read as {reading['text']}, {reading['image_tokens']:,} image tokens"
+    return f"<p class='verdict-note' id='image-reading'>{html.escape(text)}</p>"
 
 
 def render_verdict(result: dict | None, reasons: dict[str, str], state: str = "idle") -> str:
@@ -192,7 +213,7 @@ def render_verdict(result: dict | None, reasons: dict[str, str], state: str = "i
         return (
             "<div class='verdict verdict-abstained' id='verdict'>"
             f"<p class='verdict-title'>{NOT_FOUND}</p><p class='verdict-why' id='verdict-why'>Why: {reasons[reason]}."
-            f"</p>{f'<p class=verdict-note>{note}</p>' if note else ''}</div>"
+            f"</p>{f'<p class=verdict-note>{note}</p>' if note else ''}{reading_line(result)}</div>"
         )
     conf, thr = percent(confidence, threshold), percent(threshold, confidence)
     if reason == "not_confident":
@@ -214,7 +235,7 @@ def render_verdict(result: dict | None, reasons: dict[str, str], state: str = "i
         f"<div class='conf-fill' style='width:{100 * confidence:.1f}%;background:{color}'></div>"
         f"<div class='conf-tick' style='left:{100 * threshold:.1f}%' title='threshold {thr}'></div></div>"
         f"<div class='conf-scale'><span class='conf-tick-label' style='{where}'>{label}</span></div>"
-        f"<p class='conf-text' id='confidence-text'>{summary}</p>{words}</div>"
+        f"<p class='conf-text' id='confidence-text'>{summary}</p>{words}{reading_line(result)}</div>"
     )
 
 
@@ -254,9 +275,9 @@ def build_demo(model, processor) -> gr.Blocks:
         if "error" in result:
             LOG.error("generation failed", exc_info=result["error"])  # our fault, not the user's: keep the trace
             raise gr.Error("The model failed on this request; please try again.", print_exception=False)
-        out, prompt_length = result["out"]
+        out, prompt_length, reading = result["out"]
         results = processor.post_process_answers(out, prompt_length, model.generation_config, threshold=threshold)
-        yield shown(results[0])
+        yield shown({**results[0], "image_reading": reading})
 
     def rethreshold(last, threshold):
         """Slider moved: re-decide the last answer under the new threshold (the model's own rule from its remote

@@ -195,7 +195,7 @@ def tiny_model_dir(build, app, tmp_path_factory) -> Path:
     model.generation_config.abstain_threshold = SAVED_THRESHOLD
     said = {}
     for path, question in ((EXAMPLE, "What is the total due on this invoice?"), (SAID_SO_EXAMPLE, SAID_SO_QUESTION)):
-        out, prompt_length = app.generate_answer(model, processor, app.open_image(str(path)), question)
+        out, prompt_length, _ = app.generate_answer(model, processor, app.open_image(str(path)), question)
         said[path] = processor.post_process_answers(out, prompt_length, model.generation_config)[0]["answer"]
     assert said[EXAMPLE] != said[SAID_SO_EXAMPLE], f"the tiny model says {said[EXAMPLE]!r} about both examples"
     model.generation_config.abstain_answer = said[SAID_SO_EXAMPLE]
@@ -284,6 +284,27 @@ def test_verdict_speaks_in_percent_and_plain_words(app):
     assert "91%" not in said and "conf-fill" not in said
     assert app.percent(0.654, 0.651) == "65.4%" and app.percent(0.004) == "0.4%" and app.percent(1.0) == "100%"
     assert "Confidence" not in visible_text(app.render_verdict(None, reasons))  # no 0 before any question
+
+
+def test_the_verdict_says_how_the_image_was_split(app, build):
+    """One squashed tile by default; with AnyRes the grid the processor chose for this image and the placeholders it
+    laid out (LLaVA-NeXT: tiles + the whole image as an overview)."""
+    page = Image.new("RGB", (1240, 1754), "white")  # an A4 page, (width, height)
+    readings = {}
+    for name, kwargs in (("single", {}), ("anyres", {"max_tiles": 4})):
+        model, processor = build(**kwargs)
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Total?"}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = processor(images=[page], text=[text], return_tensors="pt")
+        readings[name] = app.describe_reading(processor, inputs)
+        expected = model.config.num_image_tokens if name == "single" else processor.plan_canvases([(1754, 1240)])[0][1]
+        assert readings[name]["image_tokens"] == expected
+    assert (readings["single"]["rows"], readings["single"]["cols"], readings["single"]["overview"]) == (1, 1, False)
+    anyres = readings["anyres"]
+    assert anyres["overview"] and anyres["rows"] * anyres["cols"] <= 4 and anyres["rows"] >= anyres["cols"]  # tall
+    assert anyres["image_tokens"] > readings["single"]["image_tokens"]
+    line = visible_text(app.render_verdict({**result(), "image_reading": anyres}, {**REASONS}))
+    assert f"Read as {anyres['rows']}×{anyres['cols']} tiles + an overview, {anyres['image_tokens']:,}" in line
 
 
 def test_client_gets_answer_confidence_and_named_outputs(client):
