@@ -12,6 +12,8 @@ import pytest
 import yaml
 from scipy import stats
 
+from recipes.arguments import ModelArguments
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -169,7 +171,8 @@ def test_quick_run_writes_a_valid_ablations_json(quick_run):
     # the run really composed base + overlay: its resolved recipe has the overlay's keys over the smoke base's
     with open(out / "runs" / "s2_lora_r16_top1-seed0" / "recipe.yaml") as f:
         resolved = yaml.safe_load(f)
-    assert (resolved["lora_r"], resolved["lora_alpha"], resolved["llm_top_k_blocks"]) == (16, 32, 1)
+    alpha = resolved.get("lora_alpha", ModelArguments.lora_alpha)  # the resolved recipe omits default values
+    assert (resolved["lora_r"], alpha, resolved["llm_top_k_blocks"]) == (16, 32, 1)
     assert resolved["lora_dropout"] == 0.0 and resolved["init_from"].endswith("s1_mlp-seed0")
     comparisons = results["comparisons"]
     assert [(c["name"], c["a"], c["b"]) for c in comparisons] == [("baseline", "s1_mlp", "s2_lora_r16_top1")] * len(
