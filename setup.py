@@ -16,7 +16,7 @@ TRAIN = [
     "pyyaml",
 ] + DATA
 DEEPSPEED = ["deepspeed>=0.19.8,<0.20"]
-EVAL = ["evaluate>=0.4.6,<0.5", "matplotlib>=3.8", "huggingface_hub>=1.0"] + DATA
+EVAL = ["evaluate>=0.4.6,<0.5", "matplotlib>=3.8", "huggingface_hub>=1.0", "scipy>=1.11"] + DATA
 DEMO = ["gradio>=6.31,<6.32"]
 DEV = sorted(set(TRAIN + DEEPSPEED + EVAL + DEMO + ["pytest>=9", "ruff", "playwright>=1.50"]))
 
