@@ -37,9 +37,10 @@ def git_state(cwd: str, *status_args: str) -> tuple[str | None, bool]:
     return commit.stdout.strip(), bool(status.stdout.strip())
 
 
-def code_version() -> str:
-    """Git commit of this code, with '+dirty' when data_scripts/ has uncommitted changes; 'unknown' outside git."""
-    commit, dirty = git_state(os.path.dirname(os.path.abspath(__file__)), ".")
+def code_version(*pathspec: str) -> str:
+    """Git commit of this checkout, with '+dirty' when tracked files under `pathspec` (default: the whole checkout)
+    have uncommitted changes; 'unknown' outside git. Data manifests scope it to data_scripts/ (the converters)."""
+    commit, dirty = git_state(os.path.dirname(os.path.abspath(__file__)), "--untracked-files=no", "--", *pathspec)
     return "unknown" if commit is None else commit + ("+dirty" if dirty else "")
 
 
@@ -67,7 +68,7 @@ def build_manifest(
         "source": source,
         "revision": revision,
         "converter": converter,
-        "converter_version": code_version(),
+        "converter_version": code_version(os.path.dirname(os.path.abspath(__file__))),
         "seed": seed,
         "splits": {s: split_counts(ds) for s, ds in splits.items()},
         "dropped": nest(rejected),

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from data_scripts.manifest import git_state
+from data_scripts.manifest import code_version
 from data_scripts.schema import ABSTAIN_ANSWER, MANIFEST_NAME, load_dataset_dir, load_manifest
 from metrics.confidence import fit_abstain_threshold
 from metrics.gallery import plot_risk_coverage, render_gallery, select_failures
@@ -227,11 +227,6 @@ def predict(batches, metric: str, threshold: float, path: str) -> tuple[list[dic
     return records, time.perf_counter() - start
 
 
-def git_commit() -> str:
-    commit, dirty = git_state(os.path.dirname(os.path.abspath(__file__)), "--untracked-files=no")
-    return "unknown" if commit is None else commit + ("+dirty" if dirty else "")
-
-
 def save_threshold(folder: str, threshold: float, generation_config) -> str:
     """abstain_threshold + abstain_answer into folder/generation_config.json (the demo reads them from there)."""
     from transformers import GenerationConfig
@@ -350,7 +345,7 @@ def run_eval(args: EvalArguments) -> dict:
         "dataset_name": name,
         "split": args.split,
         "dataset_fingerprint": manifest.get("fingerprint") or ds._fingerprint,
-        "git_commit": git_commit(),
+        "git_commit": code_version(),
         "metric": spec["metric"],
         "prompt_suffix": spec["prompt_suffix"],
         "generation": {

@@ -16,7 +16,7 @@ from recipes.arguments import merge_recipes, resolved_recipe
 ROOT = Path(__file__).resolve().parents[1]
 ON_CPU = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
 ALL = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)
-COMMAND = re.compile(r"^#\s+(?:accelerate launch )?run_sft\.py (.+)$", re.MULTILINE)
+COMMAND = re.compile(r"^#\s+(?:accelerate launch |python )?run_sft\.py (.+)$", re.MULTILINE)
 
 
 def documented_command(recipe: str) -> list[str] | None:
