@@ -3,246 +3,38 @@
 Like LlavaProcessor: each image token in the text is expanded to `num_image_tokens` placeholders before tokenizing,
 every tokenizer kwarg (padding, padding_side, truncation, max_length, return_tensors) reaches the tokenizer, and the
 chat template is a multimodal Jinja template, so the inherited `apply_chat_template` (images given inline, by path or
-URL) works unchanged. Ships to the Hub as remote code, so it is self-contained: torch, transformers and PIL only.
+URL) works unchanged. Ships to the Hub as remote code with its sibling modules (relative imports, copied into the saved
+folder by save_pretrained), so it is self-contained: torch, transformers, numpy and PIL only.
 """
 
-import base64
-import binascii
 import contextvars
-import io
-import math
-import os
-import urllib.request
 
-import numpy as np
-import torch
-from PIL import Image, ImageOps
-from transformers import AutoImageProcessor, AutoTokenizer, LlavaNextImageProcessorPil, ProcessorMixin
+from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
 from transformers.image_processing_utils import select_best_resolution
 from transformers.image_utils import make_flat_list_of_images
 from transformers.utils import logging
 
+from .answers import (
+    ABSTAIN_ANSWER,
+    ABSTAIN_REASONS,
+    abstention_reason,
+    answer_logprobs,
+    confidence_from_logprobs,
+    is_abstained,
+    normalize_abstention,
+)
+from .anyres_processing import anyres_image_processor, anyres_tokens, image_hw, process_on_canvases
+from .chat_templates import IMAGE_POSITIONS, build_chat_template
+from .image_loading import load_rgb, map_images, to_rgb
+
 logger = logging.get_logger(__name__)
 
-IMAGE_POSITIONS = ("prefix", "user_turn")
 # Added to the tokenizer only when it reserves no image token (the model config's choice, see choose_image_token).
 # Control-token shaped, so a question that says "<image>" stays plain text.
 DEFAULT_IMAGE_TOKEN = "<|image|>"
-URL_TIMEOUT_S = 10  # an image URL that never answers must not hang a batch
 # AnyRes: the canvas ([h, w]) chosen for each image of the current __call__ (its samples' token budget needs the text,
 # which ProcessorMixin does not hand to _process_images); a ContextVar so concurrent calls (threads) never mix.
 _CANVAS_PLAN = contextvars.ContextVar("minillava_canvas_plan", default=None)
-
-# The preamble rewrites HF multimodal messages (content = list of parts) into plain-text messages, then the LLM's own
-# template renders them. user_turn: each image part becomes the image token where it sits, parts joined by newlines.
-# prefix: image parts are dropped from the messages and all image tokens open the sequence.
-_PREAMBLE_BEGIN = "{#- minillava preamble: image_position="
-_PREAMBLE_END = "{#- minillava preamble end #}"
-_PREAMBLE_BODY = (
-    "{{%- set mm = namespace(messages=[], images=0) %}}\n"
-    "{{%- for message in messages %}}\n"
-    "{{%- if message['content'] is string or message['content'] is none %}}\n"
-    "{{%- set mm.messages = mm.messages + [message] %}}\n"
-    "{{%- else %}}\n"
-    "{{%- set parts = namespace(texts=[]) %}}\n"
-    "{{%- for part in message['content'] %}}\n"
-    "{{%- if part['type'] in ('image', 'image_url') %}}\n"
-    "{{%- set mm.images = mm.images + 1 %}}\n"
-    "{user_turn_image}"
-    "{{%- elif part['type'] == 'text' %}}\n"
-    "{{%- set parts.texts = parts.texts + [part['text']] %}}\n"
-    "{{%- else %}}{{{{ raise_exception('Unsupported content part type ' ~ part['type']) }}}}\n"
-    "{{%- endif %}}\n"
-    "{{%- endfor %}}\n"
-    "{{%- set mm.messages = mm.messages + [dict(message, content=parts.texts | join('\\n'))] %}}\n"
-    "{{%- endif %}}\n"
-    "{{%- endfor %}}\n"
-    "{{%- set messages = mm.messages %}}\n"
-    "{prefix_images}"
-)
-
-
-def build_chat_template(llm_template: str, image_token: str, image_position: str) -> str:
-    """The processor's multimodal template: the preamble for `image_position`, then the LLM's own template."""
-    if image_position not in IMAGE_POSITIONS:
-        raise ValueError(f"Unknown image_position={image_position!r}; allowed values: {list(IMAGE_POSITIONS)}.")
-    token = image_token.replace("'", "\\'")
-    llm_template = strip_preamble(llm_template)
-    user_turn = image_position == "user_turn"
-    preamble = (
-        _PREAMBLE_BEGIN
-        + image_position
-        + " #}\n"
-        + _PREAMBLE_BODY.format(
-            user_turn_image=f"{{%- set parts.texts = parts.texts + ['{token}'] %}}\n" if user_turn else "",
-            prefix_images="" if user_turn else f"{{{{- '{token}' * mm.images }}}}\n",
-        )
-    )
-    return preamble + _PREAMBLE_END + "\n" + llm_template
-
-
-def strip_preamble(template: str) -> str:
-    """The LLM's own template inside a processor template (unchanged when it has no preamble)."""
-    if template.startswith(_PREAMBLE_BEGIN) and _PREAMBLE_END in template:
-        return template.split(_PREAMBLE_END + "\n", 1)[1]
-    return template
-
-
-def to_rgb(image) -> Image.Image:
-    """Any PIL mode (RGBA, LA, P, L, CMYK, I;16, ...) or HWC uint8 array -> upright RGB.
-
-    EXIF orientation is applied, transparency goes on white (a plain `convert("RGB")` turns a transparent PNG with
-    black text all black) and 16/32-bit greyscale is scaled to 8 bits (convert would clip it to white).
-    """
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"Images must be PIL.Image.Image or numpy arrays, got {type(image).__name__}.")
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        # Absolute levels, never stretched by the image's own range (a blank 16-bit page stays white): 16-bit
-        # integers (PIL opens 16-bit PNGs as I;16 or I) scale by 257, floats in [0, 1] by 255, the rest clip.
-        array = np.asarray(image, dtype=np.float32)
-        if image.mode == "F" and array.max() <= 1.0:
-            array = array * 255
-        elif image.mode != "F" and (image.mode.startswith("I;16") or array.max() > 255):
-            array = array / 257
-        image = Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8))
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def load_rgb(image) -> Image.Image:
-    """A PIL image, numpy array, local path, URL or base64 string -> upright RGB (see `to_rgb`).
-
-    Paths, URLs (with a timeout) and base64 are read as bytes here, not through transformers' `load_image`, whose
-    early `convert("RGB")` would turn a transparent PNG black.
-    """
-    if isinstance(image, str):
-        image = Image.open(image if os.path.isfile(image) else io.BytesIO(read_image_bytes(image)))
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 3, 4))):
-            return image  # a CHW or float array: the image processor reads it as it is
-        image = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image  # PIL has no HxWx1 mode
-    return to_rgb(image)
-
-
-def read_image_bytes(source: str) -> bytes:
-    """The bytes of an http(s) URL or a (data-URI) base64 string; anything else is a clear error."""
-    if source.startswith(("http://", "https://")):
-        with urllib.request.urlopen(source, timeout=URL_TIMEOUT_S) as response:
-            return response.read()
-    try:
-        return base64.b64decode(source.split(",", 1)[1] if source.startswith("data:image/") else source, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(
-            f"Incorrect image source {source[:80]!r}: not an existing file, an http(s) URL or base64 image data."
-        ) from None
-
-
-# What our recipes teach the model to say when the answer is not in the image; a model evaluated with run_eval.py
-# carries its own in generation_config.abstain_answer, next to the fitted abstain_threshold.
-ABSTAIN_ANSWER = "unanswerable"
-# Why an answer is withheld, in plain words (the Space shows these; run_eval counts them).
-ABSTAIN_REASONS = {
-    "model_said_so": "the model said the answer is not in the image",
-    "empty": "the model gave no answer",
-    "not_confident": "the model was not confident enough",
-}
-
-
-def answer_logprobs(tokens: torch.Tensor, logits: tuple[torch.Tensor, ...], stop_ids) -> list[list[float]]:
-    """Per row, the log-probs of the generated answer tokens up to (excluding) the first stop token.
-
-    tokens: [B, T] new tokens from generate(); logits: T tensors [B, V], the RAW logits of each step
-    (`output_logits=True`), so repetition penalties or other logits processors never change the confidence.
-    """
-    stop_ids = set(stop_ids)
-    logprobs = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in logits], dim=1)  # [B, T, V]
-    chosen = logprobs.gather(-1, tokens[:, : logprobs.shape[1], None].long().to(logprobs.device)).squeeze(-1)
-    rows = []
-    for row_tokens, row_logprobs in zip(tokens.tolist(), chosen.tolist()):
-        kept = []
-        for token, logprob in zip(row_tokens, row_logprobs):
-            if token in stop_ids:
-                break
-            kept.append(logprob)
-        rows.append(kept)
-    return rows
-
-
-def confidence_from_logprobs(logprobs: list[float]) -> float:
-    """exp(mean token log-prob): the geometric-mean token probability, in [0, 1]; 0.0 for an empty answer."""
-    return math.exp(sum(logprobs) / len(logprobs)) if logprobs else 0.0
-
-
-def normalize_abstention(answer: str) -> str:
-    """Case-folded, whitespace and trailing . ! ? stripped (as metrics/abstention's `is_abstention`)."""
-    return answer.casefold().strip().rstrip(".!?").strip()
-
-
-def abstention_reason(answer: str, confidence: float, threshold: float, abstain_answer: str = ABSTAIN_ANSWER):
-    """A key of ABSTAIN_REASONS when the answer is withheld, else None. The model's own word comes first: an
-    "unanswerable" said with confidence 0.9 is the model abstaining, not a confident answer."""
-    said = normalize_abstention(answer)
-    if said == abstain_answer.casefold():
-        return "model_said_so"
-    if not said:
-        return "empty"
-    return "not_confident" if confidence < threshold else None
-
-
-def is_abstained(answer: str, confidence: float, threshold: float, abstain_answer: str = ABSTAIN_ANSWER) -> bool:
-    """The final decision: the model said the abstention answer, said nothing, or is less confident than threshold."""
-    return abstention_reason(answer, confidence, threshold, abstain_answer) is not None
-
-
-def anyres_tokens(image_size, canvas, tile: int, side: int) -> int:
-    """Tokens of one AnyRes image (LlavaNextProcessor._get_number_of_features with a square tile of side*side tokens):
-    the base tile + the canvas's tile grid on the token level, unpadded to the image's aspect ratio, + a newline per
-    row. Mirrors modeling_minillava/anyres.py (this file ships alone); tests hold the two to the same counts."""
-    orig_h, orig_w = int(image_size[0]), int(image_size[1])
-    height, width = canvas[0] // tile * side, canvas[1] // tile * side
-    if orig_w / orig_h > width / height:
-        height -= (height - int(round(orig_h * (width / orig_w), 7))) // 2 * 2
-    else:
-        width -= (width - int(round(orig_w * (height / orig_h), 7))) // 2 * 2
-    return side * side + height * (width + 1)
-
-
-def anyres_image_processor(image_processor, tile: int, pinpoints: list) -> LlavaNextImageProcessorPil:
-    """The tower's image processor settings (mean, std, resample, rescale) as LlavaNext's AnyRes image processor:
-    tiles of the tower's size, no center crop, tile lists padded per batch."""
-    return LlavaNextImageProcessorPil(
-        size={"height": tile, "width": tile},
-        crop_size={"height": tile, "width": tile},
-        do_center_crop=False,
-        resample=image_processor.resample,
-        do_rescale=image_processor.do_rescale,
-        rescale_factor=image_processor.rescale_factor,
-        do_normalize=image_processor.do_normalize,
-        image_mean=image_processor.image_mean,
-        image_std=image_processor.image_std,
-        image_grid_pinpoints=[list(p) for p in pinpoints],
-        do_pad=True,
-    )
-
-
-def image_hw(image) -> tuple[int, int]:
-    if isinstance(image, Image.Image):
-        return image.height, image.width
-    array = np.asarray(image)  # HWC from load_rgb, or a CHW float array passed through
-    return tuple(array.shape[1:3]) if array.ndim == 3 and array.shape[0] in (1, 3) else tuple(array.shape[:2])
-
-
-def _map_images(images, fn):
-    if isinstance(images, (list, tuple)):
-        return [_map_images(item, fn) for item in images]
-    return fn(images)
 
 
 class MiniLlavaProcessor(ProcessorMixin):
@@ -381,7 +173,7 @@ class MiniLlavaProcessor(ProcessorMixin):
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
         """Images from paths/URLs are loaded, and every image made upright RGB with transparency on white."""
         if images is not None:
-            images = _map_images(images, load_rgb)
+            images = map_images(images, load_rgb)
         return super().prepare_inputs_layout(images=images, text=text, videos=videos, audio=audio, **kwargs)
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
@@ -408,7 +200,7 @@ class MiniLlavaProcessor(ProcessorMixin):
         """ProcessorMixin's; with AnyRes the canvases are planned first, per sample of `text` (the token budget)."""
         if not self.anyres or images is None:
             return super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
-        images = _map_images(images, load_rgb)
+        images = map_images(images, load_rgb)
         texts = [text] if isinstance(text, str) else text
         per_sample = None if texts is None else [t.count(self.image_token) for t in texts]
         sizes = [image_hw(image) for image in make_flat_list_of_images(images)]
@@ -453,26 +245,12 @@ class MiniLlavaProcessor(ProcessorMixin):
         return plan
 
     def _process_images(self, images, **kwargs):
-        """AnyRes: each image through LlavaNext's image processor on its planned canvas, the tile lists zero-padded
-        to the batch's longest (as LlavaNext's do_pad), plus image_sizes and the (rows, cols) image_grids."""
+        """AnyRes: each image through LlavaNext's image processor on its planned canvas (see process_on_canvases)."""
         if not self.anyres:
             return super()._process_images(images, **kwargs)
         images = make_flat_list_of_images(images)
         plan = _CANVAS_PLAN.get() or self.plan_canvases([image_hw(image) for image in images])
-        kwargs = {**kwargs, "return_tensors": None, "do_pad": False}
-        tiles, sizes = [], []
-        for image, (canvas, _) in zip(images, plan):
-            out = self.image_processor([image], image_grid_pinpoints=[canvas], **kwargs)
-            tiles.append(np.asarray(out["pixel_values"][0]))
-            sizes.append(list(out["image_sizes"][0]))
-        longest = max(len(t) for t in tiles)
-        pixel_values = np.stack([np.pad(t, ((0, longest - len(t)), (0, 0), (0, 0), (0, 0))) for t in tiles])
-        tile = self.image_processor.size["height"]
-        data = {
-            "pixel_values": pixel_values,  # [N_img, max_tiles, 3, tile, tile]
-            "image_sizes": np.array(sizes, dtype=np.int64),  # [N_img, 2] original (h, w)
-            "image_grids": np.array([[c[0] // tile, c[1] // tile] for c, _ in plan], dtype=np.int64),  # [N_img, 2]
-        }
+        data = process_on_canvases(self.image_processor, images, [canvas for canvas, _ in plan], **kwargs)
         return data, [self.image_token * n for _, n in plan]
 
     def expand_image_tokens(self, text: str, image_sizes=None) -> str:
@@ -551,4 +329,17 @@ class MiniLlavaProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values", *anyres]
 
 
-__all__ = ["MiniLlavaProcessor"]
+# Helpers that live in sibling modules stay importable from here, where the collator, metrics/confidence.py and the
+# tests import them.
+__all__ = [
+    "MiniLlavaProcessor",
+    "ABSTAIN_ANSWER",
+    "ABSTAIN_REASONS",
+    "answer_logprobs",
+    "build_chat_template",
+    "confidence_from_logprobs",
+    "is_abstained",
+    "load_rgb",
+    "normalize_abstention",
+    "to_rgb",
+]

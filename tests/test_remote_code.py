@@ -12,6 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_FILES = {"modeling_minillava.py", "configuration_minillava.py", "projectors.py", "anyres.py"}
+# The processor and the sibling modules it imports relatively: save_pretrained must copy every one of them.
+PROCESSOR_FILES = {
+    "processing_minillava.py",
+    "chat_templates.py",
+    "image_loading.py",
+    "answers.py",
+    "anyres_processing.py",
+}
+
 CHILD = textwrap.dedent(
     """
     import sys
@@ -48,9 +59,12 @@ def test_fresh_process_loads_remote_code_with_identical_outputs(build, tmp_path,
     folder = tmp_path / "model"
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
-    assert {"modeling_minillava.py", "configuration_minillava.py", "projectors.py", "processing_minillava.py"} <= set(
-        os.listdir(folder)
-    )
+    # Model and processor code land flat in one folder: each file must be its source, byte for byte (a processing
+    # module named like a model module would overwrite it).
+    for source, names in (("modeling_minillava", MODEL_FILES), ("processing", PROCESSOR_FILES)):
+        for name in names:
+            with open(os.path.join(ROOT, source, name), "rb") as f:
+                assert (folder / name).read_bytes() == f.read(), name
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText"}
 
