@@ -12,12 +12,14 @@ import torch
 from transformers import AutoConfig
 
 from bench.harness import base_parser, finish, print_machine, print_table, start
+from bench.image_tokens import IMAGES, LLAVA_NEXT_PINPOINTS
 from modeling_minillava import MiniLlavaConfig, MiniLlavaForConditionalGeneration
 
 BACKBONES = Path(__file__).resolve().parents[1] / "recipes" / "backbones"
 LLMS = ["qwen2.5-1.5b-instruct", "qwen2.5-3b-instruct", "qwen2.5-7b-instruct"]
 VISION = "siglip-so400m-patch14-384"
 GIB = 2**30
+TEXT_TOKENS = 128  # question + short answer + chat template around one image (synthetic/DocVQA rows: 60-120)
 # Bytes per parameter / element; see FORMULA.
 BF16, ADAMW_PER_TRAINABLE = 2, 4 + 4 + 4 + 2  # fp32 master + m + v, bf16 grad
 NF4, NF4_CONSTANTS = 0.5, 1 / 64 + 4 / (64 * 256)  # blocksize 64: 8-bit absmax (double quant) + fp32 per 256 blocks
@@ -113,6 +115,20 @@ def estimate(model, params: dict, trainable: int, batch: int, seq: int) -> dict:
     return out
 
 
+def document_plan(model, params: dict, trainable: int, batch: int) -> dict:
+    """Per document type (bench.image_tokens.IMAGES): sequence length = its image tokens + TEXT_TOKENS, single tile
+    vs AnyRes (LLaVA-NeXT's pinpoints), and the stage-2 peak estimate at that length."""
+    out = {}
+    for setup, kwargs in {"single tile": {}, "AnyRes": {"image_grid_pinpoints": LLAVA_NEXT_PINPOINTS}}.items():
+        config = MiniLlavaConfig(**{**model.config.to_dict(), **kwargs})
+        for name, (height, width) in IMAGES.items():
+            seq = config.count_image_tokens(height, width) + TEXT_TOKENS
+            peak = estimate(model, params, trainable, batch, seq)
+            out[f"{name}, {setup}"] = {"seq_len": seq, "lora_peak_gib": peak["lora"]["peak_gib"],
+                                       "qlora_peak_gib": peak["qlora"]["peak_gib"]}  # fmt: skip
+    return out
+
+
 def plan_llm(llm: str, lora_r: int, batch: int, seq: int, cross_check: bool) -> dict:
     model = build_meta(llm)
     params = module_params(model)
@@ -127,7 +143,8 @@ def plan_llm(llm: str, lora_r: int, batch: int, seq: int, cross_check: bool) -> 
            "image_tokens": model.config.num_image_tokens, "params": params,
            "trainable": {"stage1_projector": stage1, "stage2_projector_lora": stage2, "lora_only": lora,
                          "lora_r": lora_r},
-           "memory_estimate_stage2": estimate(model, params, stage2, batch, seq)}  # fmt: skip
+           "memory_estimate_stage2": estimate(model, params, stage2, batch, seq),
+           "documents_stage2": document_plan(model, params, stage2, batch)}  # fmt: skip
     if cross_check:
         out["trainable"]["stage2_peft_count"] = peft_trainable(llm, lora_r)
         out["trainable"]["stage2_peft_matches"] = out["trainable"]["stage2_peft_count"] == stage2
@@ -170,6 +187,11 @@ def main(argv=None) -> dict:
             rows.append([llm, mode, e["weights_gib"], e["trainable_states_gib"], e["checkpointed_activations_gib"],
                          e["recompute_one_layer_gib"], e["peak_gib"], m["unfused_logits_gib"]])  # fmt: skip
     print_table(["llm", "mode", "weights", "trainable st.", "ckpt acts", "recompute", "PEAK", "+unfused logits"], rows)
+    seq_note = f"seq = image tokens + {TEXT_TOKENS} text"
+    print(f"\nESTIMATED stage-2 peak per document ({seq_note}), batch {args.batch_size} (GiB):")
+    rows = [[llm, doc, d["seq_len"], d["lora_peak_gib"], d["qlora_peak_gib"]]
+            for llm, p in results["llms"].items() for doc, d in p["documents_stage2"].items()]  # fmt: skip
+    print_table(["llm", "document, image splitting", "seq", "LoRA PEAK", "QLoRA PEAK"], rows)
     print("\n".join(["", "Formula:", *(f"  - {line}" for line in FORMULA)]))
     return finish("memory_plan", args, machine, results, FORMULA)
 

@@ -118,3 +118,16 @@ def test_gpu_train_step_quick_runs_on_cpu(tmp_path):
     assert r["hardware_flops_per_step"] > r["model_flops_per_step"] > 0  # recompute of gradient checkpointing
     assert bench_gpu_train_step.peak_tflops("NVIDIA H100 80GB HBM3", None) == 989.4
     assert bench_gpu_train_step.peak_tflops("NVIDIA H100 PCIe", None) == 756.0
+
+
+def test_memory_plan_sizes_each_document_by_its_image_tokens():
+    from bench.image_tokens import IMAGES, LLAVA_NEXT_PINPOINTS, build_config
+
+    p = memory_plan.plan_llm("qwen2.5-1.5b-instruct", 16, 4, 2048, cross_check=False)
+    docs = p["documents_stage2"]
+    anyres = build_config(projector_type="mlp2x_gelu", image_grid_pinpoints=LLAVA_NEXT_PINPOINTS)
+    for name, (height, width) in IMAGES.items():
+        single, split = docs[f"{name}, single tile"], docs[f"{name}, AnyRes"]
+        assert single["seq_len"] == 729 + memory_plan.TEXT_TOKENS  # SigLIP-so400m's 27x27 patches, one tile
+        assert split["seq_len"] == anyres.count_image_tokens(height, width) + memory_plan.TEXT_TOKENS
+        assert split["lora_peak_gib"] > single["lora_peak_gib"] and split["qlora_peak_gib"] < split["lora_peak_gib"]
