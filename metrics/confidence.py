@@ -1,5 +1,5 @@
 """The abstention threshold fitted on a held-out split. The answer -> confidence -> abstain functions themselves ship
-with the model's remote code (processing/processing_minillava.py), so run_eval.py and the Space use one
+with the model's remote code (processing/answers.py), so run_eval.py and the Space use one
 implementation; they are re-exported here for the harness.
 """
 
