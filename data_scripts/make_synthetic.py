@@ -212,6 +212,18 @@ def _variant_extra(variant: str, tile_size: int, splits: dict) -> dict:
     }
 
 
+def _check_settings(n: int, variant: str, tile_size: int) -> None:
+    if not 1 <= n <= 1_000_000:
+        raise ValueError(f"--n {n}: use 200..100000 rows (tests use fewer)")
+    if variant not in VARIANTS:
+        raise ValueError(f"--variant {variant!r}: use one of {VARIANTS}")
+    if variant == "highres":
+        if tile_size < 16:
+            raise ValueError(f"--tile_size {tile_size}: use the vision tower's image_size (e.g. 384, or 128)")
+        for kind in HIGHRES_KINDS:  # fails before rendering when the grid cannot separate the two views
+            text_plan(kind, tile_size)
+
+
 def build_synthetic(
     out: str,
     n: int = 500,
@@ -223,28 +235,14 @@ def build_synthetic(
 ) -> dict:
     """Renders n rows, splits them, drops cross-split near duplicates, writes out/ + manifest; returns manifest.
     variant="highres" renders synth_highres' large images with small answers, sized for `tile_size` tiles."""
-    if not 1 <= n <= 1_000_000:
-        raise ValueError(f"--n {n}: use 200..100000 rows (tests use fewer)")
-    if variant not in VARIANTS:
-        raise ValueError(f"--variant {variant!r}: use one of {VARIANTS}")
-    if variant == "highres":
-        if tile_size < 16:
-            raise ValueError(f"--tile_size {tile_size}: use the vision tower's image_size (e.g. 384, or 128)")
-        for kind in HIGHRES_KINDS:  # fails before rendering when the grid cannot separate the two views
-            text_plan(kind, tile_size)
+    _check_settings(n, variant, tile_size)
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=parent, prefix=".synthetic-") as tmp:
         full = datasets.Dataset.from_generator(
             generate_rows,
-            gen_kwargs={
-                "n": n,
-                "seed": seed,
-                "num_proc": num_proc,
-                "unanswerable_share": unanswerable_share,
-                "variant": variant,
-                "tile_size": tile_size,
-            },
+            gen_kwargs={"n": n, "seed": seed, "num_proc": num_proc, "unanswerable_share": unanswerable_share}
+            | {"variant": variant, "tile_size": tile_size},
             features=FEATURES,
             cache_dir=os.path.join(tmp, "cache"),
             fingerprint=uuid.uuid4().hex,
@@ -256,21 +254,23 @@ def build_synthetic(
         _, template_near = dedup_splits(splits)
         splits, deduped = dedup_splits(splits, near_key=content_key)
         kinds = Counter(json.loads(m)["kind"] for ds in splits.values() for m in ds["meta"])
+        extra = {
+            "n_requested": n,
+            "kinds": dict(sorted(kinds.items())),
+            "unanswerable_share_target": unanswerable_share,
+            "near_duplicate_definition": "same kind + rendered fields",
+            "phash_near_template_pairs_kept": {f"{s}/{r}": c for (s, r), c in template_near.items()},
+            "abstain_answer": ABSTAIN_ANSWER,
+            **_variant_extra(variant, tile_size, splits),
+        }
+        converter = HIGHRES_SOURCE if variant == "highres" else SOURCE
         manifest = build_manifest(
             splits=splits,
             source="data_scripts.make_synthetic",
-            converter=HIGHRES_SOURCE if variant == "highres" else SOURCE,
+            converter=converter,
             seed=seed,
             deduped=deduped,
-            extra={
-                "n_requested": n,
-                "kinds": dict(sorted(kinds.items())),
-                "unanswerable_share_target": unanswerable_share,
-                "near_duplicate_definition": "same kind + rendered fields",
-                "phash_near_template_pairs_kept": {f"{s}/{r}": c for (s, r), c in template_near.items()},
-                "abstain_answer": ABSTAIN_ANSWER,
-                **_variant_extra(variant, tile_size, splits),
-            },
+            extra=extra,
         )
         staged = os.path.join(tmp, "out")
         save_dataset_dict(splits, staged, manifest)
