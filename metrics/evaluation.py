@@ -57,6 +57,7 @@ EVAL_DATASETS = {
     "textvqa": {"metric": "vqa_accuracy", "prompt_suffix": LMMS_EVAL_SUFFIX, "max_new_tokens": 32},  # lmms-eval: none
     "chartqa": {"metric": "relaxed_accuracy", "prompt_suffix": LMMS_EVAL_SUFFIX, "max_new_tokens": 16},  # lmms-eval
     "synthetic": {"metric": "exact_match", "prompt_suffix": "", "max_new_tokens": 32},  # trained without a suffix
+    "synthetic_highres": {"metric": "exact_match", "prompt_suffix": "", "max_new_tokens": 32},  # its --variant highres
 }
 ARTEFACTS = (
     "eval_results.json",
