@@ -13,6 +13,7 @@ import torch
 from jinja2 import TemplateError
 from PIL import Image
 
+from .anyres_processing import image_hw, process_on_canvases
 from .processing_minillava import to_rgb
 
 logger = logging.getLogger(__name__)
@@ -22,8 +23,9 @@ IGNORE_INDEX = -100
 TOO_LONG_POLICIES = ("skip", "truncate")
 # Why a row was dropped -> the likely cause, used in the error raised when too many rows are dropped.
 SKIP_HINTS = {
-    "too_long": "max_length is smaller than these rows (each image takes num_image_tokens placeholders); raise "
-    "max_length, filter long rows in the data script, or keep their start with too_long='truncate'",
+    "too_long": "max_length is smaller than these rows (each image takes num_image_tokens placeholders, with AnyRes "
+    "its planned count); raise max_length, filter long rows in the data script, or keep their start with "
+    "too_long='truncate'",
     "image_beyond_max_length": "too_long='truncate' would cut through (or drop) an image's placeholders, which cannot "
     "be matched to its features; raise max_length, or put images before the text (image_position='prefix')",
     "answer_beyond_max_length": "too_long='truncate' would keep no answer token (the prompt alone fills max_length); "
@@ -33,6 +35,8 @@ SKIP_HINTS = {
     "prompt/answer boundary); check processor.chat_template",
     "no_end_of_turn": "no stop_token_ids closes the assistant turn; pass stop_token_ids=model.generation_config."
     "eos_token_id (a base model's tokenizer eos is often not the chat end-of-turn token)",
+    "image_budget": "AnyRes: the row's images take more than max_image_tokens even on the smallest grids; raise "
+    "max_image_tokens (config and processor) or put fewer images in a row",
     "image_count_mismatch": "row['images'] does not match the {'type': 'image'} parts; make sure the images column "
     "reaches the collator (SFTConfig(remove_unused_columns=False))",
     "render_error": "the chat template failed on these messages (roles out of order, unsupported content part?)",
@@ -52,12 +56,14 @@ def _text_of(content) -> str:
 
 
 class Sample(NamedTuple):
-    """One encoded row: ids with each image expanded to its placeholders, labels, its images, whether it was cut."""
+    """One encoded row: ids with each image expanded to its placeholders, labels, its images, whether it was cut, and
+    (AnyRes) each image's planned canvas [h, w]."""
 
     ids: list[int]
     labels: list[int]
     images: list[Image.Image]
     truncated: bool = False
+    canvases: list[list[int]] | None = None
 
 
 class _SkipRow(Exception):
@@ -94,6 +100,10 @@ class MiniLlavaDataCollator:
     r"""
     Rows (the canonical schema: `messages` in HF multimodal chat format + `images`) -> `input_ids` (each image as
     `num_image_tokens` placeholder ids), `attention_mask`, `labels` and, when any row has images, `pixel_values`.
+    AnyRes processors (LLaVA-NeXT image splitting): each row's images are planned by `processor.plan_canvases` with
+    the row as one sample (so `max_image_tokens` budgets each row, as the processor does), each image takes its
+    planned count of placeholders, and the batch holds `pixel_values` [N_img, max_tiles, 3, t, t], `image_sizes` and
+    `image_grids` [N_img, 2] for all its images in order, exactly as the processor's `__call__` returns them.
     Use as SFTTrainer's `data_collator` with `remove_unused_columns=False` and
     `dataset_kwargs={"skip_prepare_dataset": True}`.
 
@@ -111,9 +121,8 @@ class MiniLlavaDataCollator:
     per row and each row's first label -100 (no target across rows), no `attention_mask`, plus the varlen kernels'
     `cu_seq_lens_q/k`, `max_length_q/k` and `seq_idx`; `pixel_values` hold every image in row order. Attention stays
     inside each row: flash attention reads `cu_seq_lens_*`; sdpa, eager and flex build a block-diagonal mask from
-    `position_ids` (transformers' `find_packed_sequence_indices`) only when the forward has NO cache, so call the model
-    with `use_cache=False` (TRL's SFTTrainer does; a plain `model(**batch)` takes the text config's `use_cache=True`,
-    builds an empty cache and lets rows attend to each other).
+    `position_ids` (transformers' `find_packed_sequence_indices`) only when the forward has NO cache, which the model
+    ensures (without an attention_mask, position_ids turn its cache off; TRL passes `use_cache=False` anyway).
 
     Dropped rows (never silently): a row is skipped, counted in `stats["skipped"][reason]` and logged once per reason
     when it is too long (see above), its prompt is not a token prefix (`tokenization_mismatch`), no stop id ends an
@@ -231,17 +240,32 @@ class MiniLlavaDataCollator:
         n_markers = text.count(self.processor.image_token)
         if n_markers != len(images):
             raise _SkipRow("image_count_mismatch", f"{n_markers} image part(s) but {len(images)} image(s)")
-        ids = self._tokenize(text)
+        canvases, counts = self.plan_images(images)
+        ids = self._tokenize(text, counts)
         too_long = self.max_length is not None and len(ids) > self.max_length
         if too_long and self.too_long == "skip":  # before the spans: no prompt is tokenized for a dropped row
             raise _SkipRow("too_long", f"{len(ids)} tokens > max_length={self.max_length}")
         labels = [IGNORE_INDEX] * len(ids)
-        for start, end in self.find_assistant_spans(messages, ids):
+        for start, end in self.find_assistant_spans(messages, ids, counts):
             # An image inside an answer is input, never a target.
             labels[start:end] = [IGNORE_INDEX if i == self.processor.image_token_id else i for i in ids[start:end]]
-        if too_long:
-            return self.truncate(Sample(ids, labels, images))
-        return Sample(ids, labels, images)
+        sample = Sample(ids, labels, images, canvases=canvases)
+        return self.truncate(sample) if too_long else sample
+
+    def plan_images(self, images) -> tuple[list[list[int]] | None, list[int] | None]:
+        """AnyRes: (canvas [h, w], placeholder count) of each image, planned by the processor with the row as ONE
+        sample, so `max_image_tokens` budgets the row as processor(images=..., text=[row]) does. (None, None) for a
+        single-tile processor (every image takes num_image_tokens)."""
+        if not self.processor.anyres:
+            return None, None
+        if not images:
+            return [], []
+        sizes = [image_hw(image) for image in images]
+        try:
+            plan = self.processor.plan_canvases(sizes, [len(sizes)])
+        except ValueError as error:  # over max_image_tokens even on the smallest grids
+            raise _SkipRow("image_budget", str(error)) from None
+        return [canvas for canvas, _ in plan], [tokens for _, tokens in plan]
 
     def truncate(self, sample: Sample) -> Sample:
         """The first max_length tokens of a row whose labels were found on the whole conversation (so a cut answer
@@ -258,13 +282,14 @@ class MiniLlavaDataCollator:
         if all(label == IGNORE_INDEX for label in labels[:n]) and any(label != IGNORE_INDEX for label in labels):
             first = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
             raise _SkipRow("answer_beyond_max_length", f"the first answer token is at {first} >= max_length={n}")
-        return Sample(ids[:n], labels[:n], sample.images, truncated=True)
+        return sample._replace(ids=ids[:n], labels=labels[:n], truncated=True)
 
-    def find_assistant_spans(self, messages, ids) -> list[tuple[int, int]]:
+    def find_assistant_spans(self, messages, ids, counts=None) -> list[tuple[int, int]]:
         """[start, end) of each assistant answer + end-of-turn token in `ids`, found via the prompts' token lengths.
 
         Prompts are compared on their text tokens only: in the "prefix" layout the placeholders of every image, also
         those of later turns, open the full sequence but not a prompt rendered from the earlier messages alone.
+        `counts`: AnyRes placeholders per image of the row (a prompt holds the first images of the row).
         """
         image_id = self.processor.image_token_id
         text_positions = [i for i, token in enumerate(ids) if token != image_id]
@@ -273,9 +298,8 @@ class MiniLlavaDataCollator:
         for turn, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            prompt = [
-                t for t in self._tokenize(self._render(messages[:turn], add_generation_prompt=True)) if t != image_id
-            ]
+            rendered = self._render(messages[:turn], add_generation_prompt=True)
+            prompt = [t for t in self._tokenize(rendered, counts) if t != image_id]
             if text_ids[: len(prompt)] != prompt:
                 diff = next((i for i, (a, b) in enumerate(zip(text_ids, prompt)) if a != b), len(text_ids))
                 raise _SkipRow(
@@ -334,15 +358,30 @@ class MiniLlavaDataCollator:
     def _add_pixel_values(self, batch: dict, samples: list[Sample]) -> dict:
         # One image list in sample order: the model fills the placeholders in the order they appear.
         images = [image for s in samples for image in s.images]
-        if images:
+        if not images:
+            return batch
+        if not self.processor.anyres:
             batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+            return batch
+        # The processor's own AnyRes step on each image's planned canvas: pixel_values [N_img, max_tiles, 3, t, t]
+        # (tile lists zero-padded to the batch's longest), image_sizes and image_grids [N_img, 2].
+        canvases = [canvas for s in samples for canvas in s.canvases]
+        data = process_on_canvases(self.processor.image_processor, images, canvases)
+        batch.update({key: torch.from_numpy(value) for key, value in data.items()})
         return batch
 
-    def _tokenize(self, text: str) -> list[int]:
-        # The chat template holds the special tokens, so none are added (the processor's own default too).
-        return self.processor.tokenizer(self.processor.expand_image_tokens(text), add_special_tokens=False)[
-            "input_ids"
-        ]
+    def _tokenize(self, text: str, counts: list[int] | None = None) -> list[int]:
+        """Ids of `text` with its image tokens expanded: the k-th to counts[k] placeholders (AnyRes), else to the
+        processor's num_image_tokens each. The chat template holds the special tokens, so none are added."""
+        if counts is None:
+            expanded = self.processor.expand_image_tokens(text)
+        else:
+            token = self.processor.image_token
+            parts = text.split(token)
+            if len(parts) - 1 > len(counts):  # never silently drop the text after an unplanned image
+                raise _SkipRow("image_count_mismatch", f"{len(parts) - 1} image part(s) but {len(counts)} image(s)")
+            expanded = parts[0] + "".join(token * n + part for n, part in zip(counts, parts[1:]))
+        return self.processor.tokenizer(expanded, add_special_tokens=False)["input_ids"]
 
     def _render(self, messages, add_generation_prompt: bool) -> str:
         try:
