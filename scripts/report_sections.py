@@ -1,0 +1,294 @@
+"""REPORT.md's sections read from run outputs: the offline default (smoke run: data, compute, results, failure modes),
+the ablations (ablations.json: per-arm table, paired comparisons, conclusions) and the benchmarks (bench/results)."""
+
+import glob
+import json
+import os
+
+from report_format import NOT_MEASURED, fmt, load_json, machine_line, mean_std, short_version, table
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_SKIP = (".min_s", ".max_s", ".n")  # spread of the timed repeats: the medians and ratios are the figures
+METRIC_LABELS = {
+    "exact_match": "exact match",
+    "model_abstain_f1": "model abstain F1",
+    "abstain_f1": "abstain F1 (thresholded)",
+    "hallucination_rate": "hallucination",
+    "last_loss": "last loss",
+    "train_samples_per_second": "train samples/s",
+}
+
+
+# ---------------------------------------------------------------- the offline default (smoke run)
+
+
+def offline_compute(smoke: dict | None, smoke_dir: str | None) -> str:
+    """Steps, tokens, runtime and throughput as each stage's train_results.json recorded them; the machine from
+    its run_info.json (runs that predate that record: the machine generating this report, said so)."""
+    from recipes.provenance import read_records
+
+    if not smoke:
+        return f"Compute of the offline default: {NOT_MEASURED} (no smoke summary.json given)."
+    rows, machine = [], None
+    for stage in ("stage1", "stage2"):
+        _, info, train = read_records(os.path.join(smoke_dir, stage))
+        machine = machine or info.get("machine")
+        sps, runtime = train.get("train_samples_per_second"), train.get("train_runtime")
+        samples = round(sps * runtime) if sps and runtime else None  # what the Trainer's samples/s was computed from
+        rows.append([stage, train.get("train_rows"), train.get("global_step"), samples, train.get("num_tokens"),
+                     runtime, sps])  # fmt: skip
+    where = "recorded in stage1/run_info.json" if machine else "the machine generating this report: the run predates "
+    where += "" if machine else "run_info.json's machine record"
+    return "\n\n".join(
+        [
+            table(["stage", "train rows", "steps", "samples seen", "tokens seen", "train seconds", "samples/s"], rows),
+            f"Whole pipeline (backbones, data, both stages, both evaluations): {fmt(smoke.get('seconds'))} s wall "
+            f"time. Machine: {machine_line(machine)} ({where}).",
+        ]
+    )
+
+
+def offline_mixture(smoke_dir: str | None) -> str:
+    manifest = load_json(os.path.join(smoke_dir, "data", "synthetic", "manifest.json")) if smoke_dir else None
+    text = "Data mixture: the synthetic document/UI set only (both stages; no captions offline)"
+    if not manifest:
+        return text + f"; split sizes {NOT_MEASURED} (no smoke run's manifest)."
+    splits = ", ".join(f"{k} {v.get('rows')}" for k, v in manifest.get("splits", {}).items())
+    return text + f": {splits} rows (`make_synthetic --n {manifest.get('n_requested')}`)."
+
+
+def offline_results(smoke: dict | None) -> str:
+    if not smoke:
+        return f"Offline default results: {NOT_MEASURED} (run `bash scripts/smoke.sh` and pass `--smoke`)."
+    fields = (
+        "first_loss",
+        "last_loss",
+        "exact_match",
+        "model_abstain_f1",
+        "model_hallucination_rate",
+        "abstain_f1",
+        "hallucination_rate",
+        "auc",
+        "threshold",
+    )
+    rows = [[f, smoke["stage1"].get(f), smoke["stage2"].get(f)] for f in fields]
+    checks = ", ".join(f"{k}: {'pass' if v else 'FAIL'}" for k, v in (smoke.get("checks") or {}).items())
+    return "\n\n".join(
+        [
+            table(["held-out test split", "stage 1", "stage 2"], rows),
+            f"Learning checks of `scripts/smoke_summary.py`: {checks or NOT_MEASURED}. Unanswerable share "
+            f"of the test split: {fmt(smoke.get('unanswerable_share'))}; dataset fingerprint "
+            f"`{str(smoke.get('dataset_fingerprint'))[:16]}`.",
+        ]
+    )
+
+
+def failure_section(smoke: dict | None, smoke_dir: str | None, per_tag: int = 2) -> str:
+    from metrics.gallery import ERROR_TAGS
+
+    ev = load_json(os.path.join(smoke_dir, "eval", "stage2", "eval_results.json")) if smoke_dir else None
+    if not ev:
+        return f"Failure modes: {NOT_MEASURED} (no stage-2 evaluation of the offline default found)."
+    tags = ev.get("failure_tags") or {}
+    rows = [[t, n, ERROR_TAGS.get(t, "")] for t, n in sorted(tags.items(), key=lambda kv: -kv[1])]
+    out = [
+        f"From `run_eval.py`'s error taxonomy on the offline default's stage-2 model (test split, "
+        f"{fmt((ev.get('counts') or {}).get('rows'))} rows, {fmt((ev.get('counts') or {}).get('failures'))} "
+        f"failures after the fitted abstention threshold {fmt(ev.get('threshold'))}):",
+        table(["tag", "count", "meaning"], rows),
+    ]
+    preds_path = os.path.join(smoke_dir, "eval", "stage2", "predictions.jsonl")
+    if os.path.exists(preds_path):
+        with open(preds_path) as f:
+            records = [json.loads(line) for line in f]
+        examples = []
+        for tag, _, _ in rows:
+            for r in [r for r in records if r.get("error_tag") == tag][:per_tag]:
+                examples.append(
+                    [
+                        tag,
+                        r["question"].replace("|", "/").replace("\n", " "),
+                        " / ".join(r["golds"]),
+                        r["answer"] or "(empty)",
+                        round(r["confidence"], 3),
+                    ]
+                )
+        false_abst = [r for r in records if r.get("error_tag") == "false_abstention"]
+        right = sum(1 for r in false_abst if r.get("score", 0) >= 1)
+        if false_abst:
+            out.append(
+                f"Of the {len(false_abst)} false abstentions, {right} had a right raw answer that the fitted "
+                "threshold withheld (confidence below it): part of this failure mode is the confidence "
+                "calibration, not the answer."
+            )
+        out += [
+            "Examples (the first of each tag in `predictions.jsonl`; the HTML gallery with the images is "
+            "`<smoke out>/eval/stage2/failures.html`):",
+            table(["tag", "question", "gold", "model answer", "confidence"], examples),
+        ]
+    return "\n\n".join(out)
+
+
+# ---------------------------------------------------------------- ablations and benchmarks
+
+
+def ablation_section(abl: dict | None, plots_dir: str) -> str:
+    if not abl:
+        return f"Ablations: {NOT_MEASURED} (no ablations.json; run `python scripts/ablations.py`)."
+    cfg, arms = abl["config"], abl["arms"]
+    ran = "; ".join(
+        f"`{n}` seeds {', '.join(a['seeds']) or 'none'}"
+        + (f" (failed: {', '.join(a['errors'])})" if a.get("errors") else "")
+        for n, a in arms.items()
+    )
+    out = [
+        f"`python scripts/ablations.py` (git `{short_version(cfg.get('git_commit'))}`, {cfg.get('started')} -> "
+        f"{cfg.get('finished')}; {fmt(cfg.get('runs_finished'))} runs, {fmt(cfg.get('run_seconds_total'))} s of "
+        f"train + eval wall time in all) on {machine_line(cfg.get('machine'))}; load average "
+        f"at start/end {cfg.get('load_average')} (shared cores: seconds and samples/s are noisy). Budget: "
+        f"`{json.dumps(cfg.get('budget'))}`; seeds {cfg.get('seeds')}; dataset fingerprint "
+        f"`{str(cfg.get('dataset_fingerprint'))[:16]}`. Runs that finished: {ran}."
+    ]
+    rows = []
+    for name, a in arms.items():
+        m, s = a["mean"], a["std"]
+        keys = " ".join(f"{k}={v}" for k, v in a.get("keys", a.get("flags", {})).items())
+        rows.append(
+            [
+                f"`{name}`",
+                a.get("stage"),
+                f"`{a['overlay']}` ({keys})" if a.get("overlay") else keys,
+                a["n_seeds"],
+                m.get("num_image_tokens"),
+                *[mean_std(m.get(k), s.get(k)) for k in (*METRIC_LABELS, "seconds")],
+            ]
+        )
+    out += [
+        "Per arm, mean ± std over seeds (test split; exact match over answerable rows):",
+        table(["arm", "stage", "overlay", "seeds", "image tokens", *METRIC_LABELS.values(), "seconds/run"], rows),
+    ]
+    comp = [
+        [
+            c["name"],
+            METRIC_LABELS.get(c["metric"], c["metric"]),
+            f"`{c['a']}`",
+            f"`{c['b']}`",
+            mean_std(c["mean_a"], c["std_a"]),
+            mean_std(c["mean_b"], c["std_b"]),
+            c["diff"],
+            c["p_value"],
+            "[" + ", ".join(fmt(x) for x in c["ci95"]) + "]" if c.get("ci95") else NOT_MEASURED,
+            c["verdict"],
+        ]
+        for c in abl["comparisons"]
+    ]
+    out += [
+        "Comparisons: diff = mean(B) − mean(A) over the seeds both arms ran; test: "
+        + (cfg.get("statistics") or f"{NOT_MEASURED} (this ablations.json does not say which test it used)")
+        + (
+            f" (statistics recomputed from the recorded per-seed values at {cfg['stats_recomputed']['at']})."
+            if cfg.get("stats_recomputed")
+            else "."
+        ),  # fmt: skip
+        table(["comparison", "metric", "A", "B", "A", "B", "diff", "p", "95% CI", "verdict"], comp),
+        "### What the numbers support",
+        conclusions(abl),
+    ]
+    for png, title in (
+        ("ablations_bars.png", "exact match / abstain F1 per comparison"),
+        ("ablations_losses.png", "mean training-loss curves"),
+    ):
+        if os.path.exists(os.path.join(ROOT, plots_dir, png)):
+            out.append(f"![{title}]({plots_dir}/{png})")
+    return "\n\n".join(out)
+
+
+def conclusions(abl: dict) -> str:
+    lines, by_name = [], {}
+    for c in abl["comparisons"]:
+        by_name.setdefault(c["name"], []).append(c)
+    for name, cs in by_name.items():
+        real = [c for c in cs if c["verdict"].startswith("real")]
+        untested = [c for c in cs if c["verdict"].startswith("not testable")]
+        desc = cs[0].get("question", name)
+        if untested and len(untested) == len(cs):
+            lines.append(f"- **{name}** ({desc}): not testable, fewer than 2 seeds per arm.")
+            continue
+        said = "; ".join(
+            f"{METRIC_LABELS.get(c['metric'], c['metric'])} {fmt(c['mean_a'])} -> {fmt(c['mean_b'])} "
+            f"(p = {fmt(c['p_value'])})"
+            for c in real
+        )
+        noise = ", ".join(
+            METRIC_LABELS.get(c["metric"], c["metric"]) for c in cs if c["verdict"] == "within seed noise"
+        )
+        paired = "; ".join(
+            f"{METRIC_LABELS.get(c['metric'], c['metric'])} diff {fmt(c['diff'])}, paired CI "
+            f"[{fmt(c['ci95'][0])}, {fmt(c['ci95'][1])}], p = {fmt(c['p_value'])}"
+            for c in cs
+            if c["verdict"] == "within seed noise" and c.get("ci95") and (c["ci95"][0] > 0 or c["ci95"][1] < 0)
+        )
+        lines.append(
+            f"- **{name}** ({desc}): "
+            + (f"differences beyond seed noise: {said}. " if real else "no difference beyond seed noise. ")
+            + (f"Within seed noise: {noise}." if noise else "")
+            + (
+                f" The paired CI excludes 0 but the paired t-test does not reach p < 0.05 (not called real): {paired}."
+                if paired
+                else ""
+            )
+        )
+    em = [a["mean"].get("exact_match") for a in abl["arms"].values() if a["mean"].get("exact_match") is not None]
+    if em and max(em) == 0:
+        lines.append(
+            "- Exact match is 0 for every arm at this budget (the tiny random model has not learned to "
+            "answer yet), so the accuracy and abstention comparisons carry no information; last loss is "
+            "the only quality metric that varies between arms here."
+        )
+    n = sorted({a["n_seeds"] for a in abl["arms"].values()}) or [0]
+    seeds = f"{n[0]}" if n[0] == n[-1] else f"{n[0]}-{n[-1]}"
+    lines.append(
+        f"- With {seeds} seed(s) per arm (comparisons use the seeds both arms ran, in pairs), the paired t-test "
+        "has little power (n - 1 degrees of freedom) and the bootstrap CI can only "
+        'span the observed seeds: "within seed noise" means *not shown*, not *no effect*. The ablation '
+        "budget is smaller than the smoke run, on random tiny backbones; these are statements about this "
+        "setting, not about the real-scale models."
+    )
+    return "\n".join(lines)
+
+
+def flatten(obj, prefix: str = "") -> list[tuple[str, object]]:
+    if isinstance(obj, dict):
+        return [kv for k, v in obj.items() for kv in flatten(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(obj, list):
+        if all(not isinstance(v, (dict, list)) for v in obj):
+            return [(prefix, ", ".join(fmt(v) for v in obj))] if len(obj) <= 8 else [(prefix, f"{len(obj)} values")]
+        return [kv for i, v in enumerate(obj) for kv in flatten(v, f"{prefix}[{i}]")]
+    return [(prefix, obj)]
+
+
+def bench_section(bench_dir: str | None) -> str:
+    files = sorted(glob.glob(os.path.join(bench_dir, "*.json"))) if bench_dir else []
+    if not files:
+        return f"Benchmarks: {NOT_MEASURED} (no JSON results in `{bench_dir}`)."
+    out = [
+        "Read from `bench/results/*.json` (interleaved medians in one process; ratios are what transfer across "
+        "machines, absolute times on shared cores do not):"
+    ]
+    for path in files:
+        b = load_json(path) or {}
+        machine = b.get("machine") or {}
+        out.append(f"#### {b.get('benchmark', os.path.basename(path))} (`{os.path.relpath(path, ROOT)}`)")
+        load = f"{fmt(machine.get('load_average_1min'))} -> {fmt(machine.get('load_average_1min_end'))}"
+        out.append(
+            f"Machine: {machine_line(machine) if machine else NOT_MEASURED}; quick mode: {b.get('quick')}; "
+            f"load average {load}" + (f". {machine['gpu_note']}" if machine.get("gpu_note") else "")
+        )
+        rows = [
+            [f"**{k}**" if "ratio" in k.lower() or "speedup" in k.lower() else k, v]
+            for k, v in flatten(b.get("results", {}))
+            if not k.endswith(BENCH_SKIP)
+        ]
+        out.append(table(["result", "value"], rows) if rows else f"results: {NOT_MEASURED}")
+        out += [f"- note: {n}" for n in b.get("notes") or []]
+    return "\n\n".join(out)
