@@ -228,6 +228,19 @@ class MiniLlavaModel(MiniLlavaPreTrainedModel):
     ) -> BaseModelOutputWithPast:
         inputs_embeds = self.embed_multimodal(input_ids, pixel_values, inputs_embeds, image_sizes, image_grids)
         kwargs["return_dict"] = True
+        packed = attention_mask is None and position_ids is not None and cache is None
+        if packed and kwargs.get("past_key_values") is None:
+            # A padding-free packed batch: transformers builds the per-sample block-diagonal mask from position_ids
+            # only when there is no cache, and the text config's default use_cache=True would create an empty one,
+            # letting the packed samples attend to each other.
+            if kwargs.get("use_cache"):
+                raise ValueError(
+                    "use_cache=True with position_ids and no attention_mask: transformers then builds no per-sample "
+                    "mask from position_ids, so the samples of a packed (padding-free) batch would attend to each "
+                    "other. Pass use_cache=False for packed batches, or an attention_mask (all ones) to keep a cache "
+                    "for one sequence."
+                )
+            kwargs["use_cache"] = False
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

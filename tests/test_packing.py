@@ -119,6 +119,23 @@ def test_packed_loss_and_logits_equal_each_sample_alone(models, llm, attn):
     torch.testing.assert_close(padded.loss, expected_loss, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_plain_forward_on_a_packed_batch_keeps_the_samples_apart(models, attn):
+    """model(**packed) with no use_cache argument: the text config's use_cache=True would build an empty cache, and
+    transformers then builds no per-sample mask from position_ids; the model turns the cache off itself."""
+    model, processor = models("qwen2", attn)
+    assert model.config.text_config.use_cache is True
+    packed = MiniLlavaDataCollator(processor, padding_free=True)(ROWS)
+    with torch.no_grad():
+        out = model(**packed)
+        expected, _ = separate_reference(model, processor, ROWS)
+        padded = model(**MiniLlavaDataCollator(processor)(ROWS))
+    torch.testing.assert_close(out.loss, expected, rtol=1e-6, atol=1e-6)
+    assert out.cache is None and padded.cache is not None  # only a forward without attention_mask drops its cache
+    with pytest.raises(ValueError, match=r"use_cache=True with position_ids and no attention_mask.*use_cache=False"):
+        model(**packed, use_cache=True)
+
+
 def test_sft_trainer_trains_a_packed_step_with_the_loss_of_each_sample_alone(build, tmp_path):
     model, processor = build(attn_implementation="sdpa")  # its own copy: training changes it
     collator = MiniLlavaDataCollator(processor, padding_free=True)
