@@ -25,7 +25,14 @@ COMPARISONS = {
     "lora_rank": ("s2_lora_r8", "s2_lora_r16", "LoRA rank 8 vs 16 (LoRA only, alpha = 2r)"),
     "lora_topk": ("s2_lora_r16", "s2_lora_r16_top1", "LoRA only vs LoRA + top-1 LLM block unfrozen (r16)"),
     "image_position": ("s1_mlp", "s1_prefix", "image slots in the user turn vs as a prefix before the chat"),
+    "image_splitting": (
+        "hr_single",
+        "hr_anyres",
+        "high-resolution set: one squashed tile vs AnyRes (<= 12 tiles + overview), equal training tokens",
+    ),
 }
+# Arms on their own data (the high-resolution set, ~7x the tokens per sample): run with `--only image_splitting`.
+OPT_IN_ARMS = ("hr_single", "hr_anyres")
 # model_abstain_f1: the model's own abstentions (no threshold); abstain_f1 includes the threshold fitted on validation
 METRICS = ("exact_match", "model_abstain_f1", "abstain_f1", "hallucination_rate", "last_loss",
            "train_samples_per_second")  # fmt: skip
@@ -57,7 +64,7 @@ def discover_arms(folder: str = ARMS_DIR) -> dict:
 
 
 ARMS = discover_arms()
-DEFAULT_ARMS = list(ARMS)
+DEFAULT_ARMS = [name for name in ARMS if name not in OPT_IN_ARMS]
 
 
 def select_arms(only: list[str] | None) -> list[str]:

@@ -3,6 +3,7 @@ experiments: each arm is an overlay file recipes/ablations/<arm>.yaml on the smo
 the same seeds as every other arm; the budget (epochs, steps, seeds, output) stays flags.
 
     python scripts/ablations.py --out outputs/ablations [--only ARM_OR_COMPARISON ...] [--seeds 0 1 2] [--quick]
+    python scripts/ablations.py --out outputs/ablations_highres --only image_splitting   # its own data set
     python scripts/ablations.py --out docs/ablations --recompute-stats   # statistics again, no training
 
 Writes OUT/ablations.json, OUT/ablations_bars.png, OUT/ablations_losses.png; every run lives in OUT/runs/ARM-seedS
@@ -56,6 +57,7 @@ from ablation_stats import (  # noqa: E402, F401
     summarize_arm,
 )
 
+from data_scripts.make_tiny_backbones import IMAGE_SIZE as TINY_TILE  # noqa: E402  (the small text's tile size)
 from data_scripts.manifest import code_version, machine_info  # noqa: E402
 
 # The explicit ablation budget: the smoke run's data (n=2000) and stage-1 schedule (4 epochs), stage 2 at half the
@@ -66,6 +68,7 @@ BUDGET = {"n": 2000, "stage1_epochs": 4, "stage2_epochs": 4, "max_steps": None, 
 QUICK = {"n": 200, "stage1_epochs": 1, "stage2_epochs": 1, "max_steps": 2, "eval_max_samples": 4,
          "eval_batch_size": 4, "eval_max_new_tokens": 4}  # fmt: skip
 MACHINE_NOTE = "the cores may be shared with other jobs, so seconds and samples/s are noisy"
+HIGHRES_N, HIGHRES_N_QUICK = 1000, 200  # rows of the high-resolution set (image_splitting arms)
 ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DISABLE_MLFLOW_INTEGRATION": "TRUE"}
 
 
@@ -83,16 +86,24 @@ def run_logged(cmd: list[str], log_path: str) -> float:
     return time.perf_counter() - start
 
 
-def prepare_inputs(out: str, budget: dict, backbones: str | None, data: str | None) -> str:
-    """Backbones + synthetic set (built once, shared by every arm) and the smoke recipes with OUT_DIR filled in."""
-    for name, given, cmd in (
-        ("backbones", backbones, ["-m", "data_scripts.make_tiny_backbones", "--out"]),
-        (
-            "data/synthetic",
-            data,
-            ["-m", "data_scripts.make_synthetic", "--n", str(budget["n"]), "--seed", "0", "--num_proc", "1", "--out"],
-        ),
-    ):
+def arm_data(arm: dict) -> str:
+    """The data folder an arm trains and is evaluated on, relative to OUT: its overlay's `datasets`, else the set."""
+    datasets = arm["keys"].get("datasets") or [{"path": "OUT_DIR/data/synthetic"}]
+    return datasets[0]["path"].replace("OUT_DIR/", "")
+
+
+def prepare_inputs(out: str, budget: dict, backbones: str | None, data: str | None, names: list[str]) -> str:
+    """Backbones + the data sets the arms in `names` use (built once, shared by every arm) and the recipes with
+    OUT_DIR filled in; returns the fingerprint of the first data set."""
+    needed = list(dict.fromkeys(arm_data(ARMS[name]) for name in names)) or ["data/synthetic"]
+    jobs = [("backbones", backbones, ["-m", "data_scripts.make_tiny_backbones", "--out"])]
+    for rel in needed:
+        cmd = ["-m", "data_scripts.make_synthetic", "--seed", "0", "--num_proc", "1", "--n", str(budget["n"])]
+        if rel == "data/synthetic_highres":  # small text sized for the tiny tower's tiles
+            n = HIGHRES_N_QUICK if budget.get("max_steps") else HIGHRES_N
+            cmd[-1:] = [str(n), "--variant", "highres", "--tile_size", str(TINY_TILE)]
+        jobs.append((rel, data if rel == "data/synthetic" else None, [*cmd, "--out"]))
+    for name, given, cmd in jobs:
         path = os.path.join(out, name)
         if given and not os.path.exists(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -106,15 +117,15 @@ def prepare_inputs(out: str, budget: dict, backbones: str | None, data: str | No
             os.makedirs(os.path.dirname(filled(out, rel)), exist_ok=True)
             with open(filled(out, rel), "w") as f:
                 f.write(text)
-    return load_fingerprint(out)
+    return load_fingerprint(out, needed[0])
 
 
 def filled(out: str, rel: str) -> str:
     return os.path.join(out, rel)  # OUT/recipes/smoke/stage1.yaml, OUT/recipes/ablations/s1_mlp.yaml
 
 
-def load_fingerprint(out: str) -> str:
-    with open(os.path.join(out, "data", "synthetic", "manifest.json")) as f:
+def load_fingerprint(out: str, rel: str = "data/synthetic") -> str:
+    with open(os.path.join(out, rel, "manifest.json")) as f:
         return json.load(f)["fingerprint"]
 
 
@@ -126,8 +137,9 @@ def train_flags(arm: dict, seed: int, budget: dict, out: str) -> list[str]:
         "data_seed": seed,
         "save_strategy": "no",
         "report_to": "none",
-        "num_train_epochs": budget[f"stage{arm['stage']}_epochs"],
     }
+    if "num_train_epochs" not in arm["keys"] or budget["max_steps"]:  # an arm's own epochs: its equal-compute share
+        flags["num_train_epochs"] = budget[f"stage{arm['stage']}_epochs"]
     if budget["max_steps"]:
         flags.update(max_steps=budget["max_steps"], logging_steps=1)
     if arm["stage"] == 2:
@@ -164,7 +176,7 @@ def run_arm_seed(name: str, seed: int, budget: dict, out: str) -> dict:
     )
     model_dir = os.path.join(run_dir, "merged") if arm["stage"] == 2 else run_dir
     eval_dir = os.path.join(run_dir, "eval")
-    data = os.path.join(out, "data", "synthetic")
+    data = os.path.join(out, arm_data(arm))
     eval_cmd = [sys.executable, "run_eval.py", "--model", model_dir, "--dataset", data, "--split", "test",
                 "--threshold_split", "validation", "--output_dir", eval_dir,
                 "--batch_size", str(budget["eval_batch_size"]), "--gallery_size", "8"]  # fmt: skip
@@ -211,6 +223,8 @@ def read_run(run_dir: str, eval_dir: str, model_dir: str) -> dict:
         "global_step": train["global_step"],
         "train_rows": train["train_rows"],
         "failure_tags": ev.get("failure_tags"),
+        "per_question_type": ev.get("per_question_type"),
+        "num_tokens": train.get("num_tokens"),
         "counts": ev.get("counts"),
         "num_image_tokens": MiniLlavaConfig.from_pretrained(model_dir).num_image_tokens,
     }
@@ -267,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         fingerprint = load_fingerprint(out)
         names = []
     else:
-        fingerprint = prepare_inputs(out, budget, args.backbones, args.data)
+        fingerprint = prepare_inputs(out, budget, args.backbones, args.data, names)
     errors = {}
     for seed in seeds if names else []:  # seed-major: a run cut short still has whole rounds for every arm
         for name in names:

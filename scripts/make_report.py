@@ -20,6 +20,7 @@ from report_sections import (  # noqa: E402
     ablation_section,
     bench_section,
     failure_section,
+    image_splitting_section,
     offline_compute,
     offline_mixture,
     offline_results,
@@ -115,7 +116,7 @@ def tiny_backbones(smoke_dir: str | None) -> str:
     return out
 
 
-def render(abl_path, bench_dir, smoke_path, plots_dir: str) -> str:
+def render(abl_path, bench_dir, smoke_path, plots_dir: str, splitting_path: str | None = None) -> str:
     from data_scripts.manifest import code_version
 
     abl, smoke = load_json(abl_path), load_json(smoke_path)
@@ -133,8 +134,11 @@ def render(abl_path, bench_dir, smoke_path, plots_dir: str) -> str:
         for s in ("stage1", "stage2")
     }
     cmd = "python scripts/make_report.py " + " ".join(
-        f"--{k} {v}" for k, v in (("ablations", abl_path), ("bench", bench_dir), ("smoke", smoke_path)) if v
-    )
+        f"--{k} {v}"
+        for k, v in (("ablations", abl_path), ("image_splitting", splitting_path), ("bench", bench_dir),
+                     ("smoke", smoke_path))
+        if v
+    )  # fmt: skip
     return (
         "\n\n".join(
             [
@@ -164,6 +168,8 @@ def render(abl_path, bench_dir, smoke_path, plots_dir: str) -> str:
                 compute_estimate(real),
                 "## Ablations (offline default)",
                 ablation_section(abl, plots_dir),
+                "## Image splitting (high-resolution set, offline default)",
+                image_splitting_section(load_json(splitting_path)),
                 "## Benchmarks",
                 bench_section(bench_dir),
                 "## Failure modes",
@@ -181,12 +187,13 @@ def render(abl_path, bench_dir, smoke_path, plots_dir: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ablations", default="docs/ablations/ablations.json")
+    parser.add_argument("--image_splitting", default="docs/ablations_highres/ablations.json")
     parser.add_argument("--bench", default="bench/results")
     parser.add_argument("--smoke", default="outputs/offline/summary.json")
     parser.add_argument("--plots", default="docs/ablations", help="folder of the ablation PNGs, relative to the repo")
     parser.add_argument("--out", default="REPORT.md")
     args = parser.parse_args(argv)
-    text = render(args.ablations, args.bench, args.smoke, args.plots)
+    text = render(args.ablations, args.bench, args.smoke, args.plots, args.image_splitting)
     with open(args.out, "w") as f:
         f.write(text)
     print(f"wrote {args.out} ({len(text.splitlines())} lines)")

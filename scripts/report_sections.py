@@ -292,3 +292,47 @@ def bench_section(bench_dir: str | None) -> str:
         out.append(table(["result", "value"], rows) if rows else f"results: {NOT_MEASURED}")
         out += [f"- note: {n}" for n in b.get("notes") or []]
     return "\n\n".join(out)
+
+
+def image_splitting_section(abl: dict | None) -> str:
+    """The single-tile vs AnyRes ablation on the high-resolution set: per arm, the comparisons, and exact match per
+    question type (mean over seeds), read from its own ablations.json."""
+    if not abl:
+        return (
+            f"Image splitting: {NOT_MEASURED} (no ablations.json; run `python scripts/ablations.py --out "
+            "outputs/ablations_highres --only image_splitting`)."
+        )
+    cfg, arms = abl["config"], abl["arms"]
+    out = [
+        f"`python scripts/ablations.py --only image_splitting` (git `{short_version(cfg.get('git_commit'))}`, "
+        f"{cfg.get('started')} -> {cfg.get('finished')}) on {machine_line(cfg.get('machine'))}; seeds "
+        f"{cfg.get('seeds')}; dataset fingerprint `{str(cfg.get('dataset_fingerprint'))[:16]}`. Equal compute = "
+        "equal training tokens (the single-tile arm runs 7x the epochs); `tokens` is TRL's count of what each run "
+        "trained on."
+    ]
+    rows = []
+    for name, a in arms.items():
+        seeds = a["seeds"].values()
+        tokens = [r.get("num_tokens") for r in seeds if r.get("num_tokens")]
+        m, s = a["mean"], a["std"]
+        keys = " ".join(f"{k}={v}" for k, v in a.get("keys", {}).items() if k != "datasets")
+        rows.append([f"`{name}`", keys, a["n_seeds"], fmt(sum(tokens) / len(tokens)) if tokens else NOT_MEASURED,
+                     *[mean_std(m.get(k), s.get(k)) for k in (*METRIC_LABELS, "seconds")]])  # fmt: skip
+    out.append(table(["arm", "overlay keys", "seeds", "tokens", *METRIC_LABELS.values(), "seconds/run"], rows))
+    comp = [[c["metric"], mean_std(c["mean_a"], c["std_a"]), mean_std(c["mean_b"], c["std_b"]), c["diff"],
+             c["p_value"], "[" + ", ".join(fmt(x) for x in c["ci95"]) + "]" if c.get("ci95") else NOT_MEASURED,
+             c["verdict"]] for c in abl["comparisons"]]  # fmt: skip
+    out += [f"Paired over seeds ({cfg.get('statistics') or 'test not recorded'}), A = single tile, B = AnyRes:",
+            table(["metric", "A", "B", "diff", "p", "95% CI", "verdict"], comp)]  # fmt: skip
+    types = sorted({t for a in arms.values() for r in a["seeds"].values() for t in (r.get("per_question_type") or {})})
+    per_type = []
+    for t in types:
+        row = [t]
+        for a in arms.values():
+            cells = [r["per_question_type"][t] for r in a["seeds"].values() if t in (r.get("per_question_type") or {})]
+            scores = [c.get("exact_match") for c in cells if c.get("exact_match") is not None]
+            row.append(f"{sum(scores) / len(scores):.3f} (n={cells[0]['count']})" if scores else NOT_MEASURED)
+        per_type.append(row)
+    out += ["Exact match per question type (test split, mean over seeds; unanswerable rows score the raw answer):",
+            table(["question type", *(f"`{n}`" for n in arms)], per_type)]  # fmt: skip
+    return "\n\n".join(out)
