@@ -163,8 +163,9 @@ def test_sft_trainer_trains_a_packed_step_with_the_loss_of_each_sample_alone(bui
     assert not torch.equal(model.model.multi_modal_projector.linear_1.weight, projector)
 
 
-def test_bench_packing_quick_runs_the_same_work_three_ways(backbones, tmp_path):
-    """The benchmark's three candidates start from the same loss on the same rows (else its ratios mean nothing)."""
+def test_bench_packing_quick_runs_the_same_work_three_ways(backbones, build, tmp_path):
+    """The benchmark's three candidates (ours packed, ours padded, transformers' LlavaNext padded) start from the same
+    loss on the same AnyRes rows (else its ratios mean nothing), and each row's image tokens are its images' grids."""
     if str(ROOT) not in sys.path:  # bench/ is not an installed package; it imports as `bench.*` from the root
         sys.path.insert(0, str(ROOT))
     from bench import bench_packing
@@ -174,10 +175,19 @@ def test_bench_packing_quick_runs_the_same_work_three_ways(backbones, tmp_path):
     returned = bench_packing.main(["--quick", "--repeats", "1", "--backbones", folder, "--json", str(out)])
     r = json.loads(out.read_text())["results"]
     assert r == json.loads(json.dumps(returned["results"], default=str))
+    assert r["grids"] == "mixed" and r["baseline"] == "LlavaNextForConditionalGeneration"
     losses = r["initial_losses"]
     assert set(losses) == {"packed", "padded", "llava_padded"}
     assert max(losses.values()) - min(losses.values()) < 1e-4 and all(math.isfinite(x) for x in losses.values())
     assert r["useful_tokens"] < r["padded_tokens_computed"] and 0 < r["padding_fraction"] < 1
-    assert r["row_length_min"] < r["row_length_max"] and r["image_tokens"] > 0
+    assert r["row_length_min"] < r["row_length_max"]
+    # The same rows (quick mode: 8 rows, seed 0, long answers scaled by 0.2): each row's placeholders are the sum of
+    # its images' AnyRes counts, not one tile (64) per image.
+    config = build(seed=0, max_tiles=bench_packing.MAX_TILES)[0].config
+    rows = bench_packing.grid_rows(8, 0, long_scale=0.2)
+    expected = [sum(config.count_image_tokens(i.height, i.width) for i in row["images"]) for row in rows]
+    assert r["row_image_tokens"] == expected and r["image_tokens"] == sum(expected)
+    assert len(set(expected)) >= 4 and 0 in expected and any(n % 64 for n in expected)
+    assert len(r["image_grids"]) >= 3 and sum(r["image_grids"].values()) == sum(len(row["images"]) for row in rows)
     for name in ("packed", "padded", "llava_padded"):
         assert r[name]["useful_tokens_per_s"] == pytest.approx(r["useful_tokens"] / r[name]["median_s"])
