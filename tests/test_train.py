@@ -190,7 +190,12 @@ def bad_recipe(tmp_path, **changes) -> str:
         ({"llm_name": None}, ValueError, ["init_from", "llm_name"]),
         ({"llm_full": True, "lora_r": 8}, ValueError, ["llm_full", "lora_r"]),
         ({"load_in_4bit": True, "lora_r": 8}, ValueError, ["init_from"]),
-        ({"init_from": "stage1", "load_in_4bit": True, "lora_r": 8}, ValueError, ["bf16"]),
+        ({"init_from": "stage1"}, ValueError, ["['vision_name', 'llm_name']", "init_from: null"]),  # fixed by it
+        (
+            {"init_from": "stage1", "vision_name": None, "llm_name": None, "load_in_4bit": True, "lora_r": 8},
+            ValueError,
+            ["bf16"],
+        ),
     ],
 )
 def test_bad_recipes_fail_at_parse_time_naming_the_key(tmp_path, changes, error, names):
