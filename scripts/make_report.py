@@ -99,8 +99,14 @@ STATIC_LIMITS = """- The offline default runs random tiny backbones on a synthet
   than stage 1 (the baseline's gain mixes "LoRA" with "more steps").
 - The H100 hours are an estimate from FLOP counts and an assumed MFU, not a run.
 
-Next steps: run stage 1 + 2 on one H100 with the real recipes and evaluate on DocVQA/TextVQA val with `run_eval.py`;
-repeat the ablations there with more seeds; add tiling (per-sample image-token counts are already supported)."""
+- The image-splitting ablation trains random tiny backbones for ~400 steps: too little for either arm to learn to
+  read small text, so it bounds what AnyRes does at this scale, not what it does for a pretrained SigLIP.
+- Padding-free packing pays only ~1.0-1.5x on CPU (sdpa computes the whole packed row under a mask); the flash
+  attention varlen path it is built for is unmeasured (no GPU).
+
+Next steps: run stage 1 + 2 on one H100 with the real recipes (AnyRes on, `max_tiles: 4-9`) and evaluate on
+DocVQA/TextVQA val with `run_eval.py`; repeat the ablations there with more seeds; measure packing with flash
+attention."""
 
 
 def tiny_backbones(smoke_dir: str | None) -> str:
