@@ -40,6 +40,8 @@ def filled(tmp_path_factory):
             os.path.join(FIXTURES, "report_bench"),
             "--smoke",
             os.path.join(FIXTURES, "report_smoke", "summary.json"),
+            "--image_splitting",
+            os.path.join(FIXTURES, "no_such_image_splitting.json"),  # its section is tested on its own below
             "--out",
             str(out),
         ]
@@ -59,6 +61,8 @@ def empty(tmp_path_factory):
             os.path.join(missing, "bench"),
             "--smoke",
             os.path.join(missing, "summary.json"),
+            "--image_splitting",
+            os.path.join(missing, "image_splitting.json"),
             "--out",
             out,
         ]
