@@ -14,30 +14,21 @@ from collections.abc import Callable
 import torch
 import transformers
 
+from data_scripts.manifest import machine_info as manifest_machine_info
+
 NO_GPU_NOTE = "no GPU figure exists yet: no GPU was lent to the session that produced these results"
 
 
-def cpu_model() -> str:
-    """platform.processor() is often '' on Linux, so /proc/cpuinfo's model name is recorded too."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        return ""
-
-
 def machine_info() -> dict:
+    """data_scripts.manifest's machine record (the one runs and reports use) + what a benchmark also wants: the
+    platform strings, library versions and the load average at the start."""
     info = {
+        **manifest_machine_info(),
         "platform_processor": platform.processor(),
-        "cpu_model": cpu_model(),
         "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "python": platform.python_version(),
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     if info["gpu"] is None:
         info["gpu_note"] = NO_GPU_NOTE
