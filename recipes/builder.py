@@ -113,10 +113,13 @@ def check_data(splits: dict, collator, training_args, data_args) -> dict:
     """Every row of every split checked with the collator's rules before any model is built; bad rows dropped,
     counted by reason and listed (ids) in OUTPUT_DIR/data_check.json; refuses to start above max_skip_fraction."""
     processor = collator.processor
+    # Everything a verdict depends on: a cached verdict is reused only under the same rules (AnyRes grids and the
+    # token budget decide how many placeholders a row takes).
+    grids = getattr(processor.image_processor, "image_grid_pinpoints", None) if processor.anyres else None
     settings = "|".join(
         str(x)
-        for x in (processor.chat_template, processor.num_image_tokens, processor.image_token_id,
-                  collator.max_length, sorted(collator.stop_token_ids), getattr(collator, "too_long", "skip"))
+        for x in (processor.chat_template, processor.num_image_tokens, processor.image_token_id, grids,
+                  processor.max_image_tokens, collator.max_length, sorted(collator.stop_token_ids), collator.too_long)
     )  # fmt: skip
     cache_dir = os.path.join(training_args.output_dir, "data_check")
     checked, reports = {}, []

@@ -12,6 +12,7 @@ import recipes
 from data_scripts.check_rows import check_rows
 from data_scripts.make_synthetic import build_synthetic
 from data_scripts.schema import load_dataset_dir
+from processing.collator import MiniLlavaDataCollator
 
 N_ROWS = 200
 BAD = {"corrupt": 17, "truncated": 101, "long": 150}  # row index -> what is wrong with it
@@ -128,3 +129,26 @@ def test_the_recipes_max_length_and_too_long_policy_change_what_trains(backbones
     assert runs["skip"]["collator"].get("truncated", 0) == 0
     # the same order of the kept rows (data_seed); the truncate run trains on 197 + 1 rows: its batches differ
     assert runs["skip"]["losses"] != runs["truncate"]["losses"]
+
+
+def test_cached_verdicts_follow_the_anyres_budget(build, synthetic_set, tmp_path):
+    """A verdict depends on how many placeholders a row takes: changing max_image_tokens checks the rows again."""
+    from trl import SFTConfig
+
+    from recipes.builder import check_data
+
+    _, processor = build(max_tiles=4)
+    collator = MiniLlavaDataCollator(processor)
+    rows = load_dataset_dir(synthetic_set)["train"].select(range(4))
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none")
+    checked = []
+    collator.check_row = lambda row: checked.append(row["id"])  # every row passes; we count the checks
+
+    def run() -> int:
+        before = len(checked)
+        check_data({"train": rows}, collator, args, recipes.DataArguments())
+        return len(checked) - before
+
+    assert run() == 4 and run() == 0  # the second check is served from the cache
+    processor.max_image_tokens = 500
+    assert run() == 4  # another budget: checked again
