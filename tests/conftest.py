@@ -62,3 +62,26 @@ def synthetic_set(tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("synthetic_set") / "synthetic")
     build_synthetic(out, n=200, seed=0)
     return out
+
+
+@pytest.fixture
+def fresh_python(tmp_path):
+    """fresh_python(code, *argv, cwd=None, timeout=None, **env) -> CompletedProcess: `python -c code argv` in a new
+    process that cannot import this repo (no PYTHONPATH, run from a folder outside it: tmp_path/elsewhere unless
+    `cwd`), offline, with its own remote-code module cache; the test fails with the child's stderr if it fails."""
+    import subprocess
+    import sys
+
+    def _run(code: str, *argv, cwd=None, timeout=None, **env):
+        workdir = cwd or tmp_path / "elsewhere"
+        os.makedirs(workdir, exist_ok=True)
+        child_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        child_env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "hf_modules"), **env)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *map(str, argv)], cwd=workdir, env=child_env, capture_output=True, text=True,
+            timeout=timeout,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return proc
+
+    return _run

@@ -3,9 +3,6 @@ processor -> model -> generate -> save_pretrained -> remote-code reload in a fre
 the config predicts; batched greedy generation with mixed grids equals one-by-one generation."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -101,7 +98,7 @@ def test_batched_generation_equals_one_by_one_with_mixed_grids(setup, side):
             assert together[row].tolist() == new[0].tolist(), row
 
 
-def test_remote_code_reload_in_a_fresh_process_gives_identical_outputs(setup, tmp_path):
+def test_remote_code_reload_in_a_fresh_process_gives_identical_outputs(setup, tmp_path, fresh_python):
     model, processor, images, texts = setup
     folder = tmp_path / "model"
     model.save_pretrained(folder)
@@ -115,15 +112,8 @@ def test_remote_code_reload_in_a_fresh_process_gives_identical_outputs(setup, tm
     with torch.no_grad():
         logits, generated = model(**batch).logits, model.generate(**batch, **GREEDY)
 
-    workdir = tmp_path / "elsewhere"
-    workdir.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "hf_modules"))
     out = tmp_path / "child.pt"
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(folder), str(out)], cwd=workdir, env=env, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    fresh_python(CHILD, folder, out)
     child = torch.load(out, weights_only=False)
     processor_module, image_processor, model_module = child["classes"]
     assert processor_module.startswith("transformers_modules") and model_module.startswith("transformers_modules")

@@ -3,8 +3,6 @@ place of invoice.png) in a fresh process without the project importable, and pri
 
 import os
 import re
-import subprocess
-import sys
 
 import torch
 from PIL import Image, ImageDraw
@@ -19,7 +17,7 @@ def readme_snippet() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_readme_usage_snippet_prints_the_greedy_answer(save_quiet_model, tmp_path):
+def test_readme_usage_snippet_prints_the_greedy_answer(save_quiet_model, tmp_path, fresh_python):
     from modeling_minillava import MiniLlavaForConditionalGeneration
     from processing import MiniLlavaProcessor
 
@@ -36,10 +34,7 @@ def test_readme_usage_snippet_prints_the_greedy_answer(save_quiet_model, tmp_pat
     assert HUB_ID in snippet and '"invoice.png"' in snippet
     code = "import sys\nsys.modules['modeling_minillava'] = sys.modules['processing'] = None\n"
     code += snippet.replace(HUB_ID, str(folder)).replace("max_new_tokens=32", "max_new_tokens=6, min_new_tokens=6")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "hf_modules"))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = fresh_python(code, cwd=workdir)
 
     messages = [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the invoice total?"}]}

@@ -4,8 +4,6 @@ and AutoProcessor."""
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -54,7 +52,7 @@ CHILD = textwrap.dedent(
 
 
 @pytest.mark.parametrize("vision, llm, projector", [("siglip", "qwen2", "mlp2x_gelu"), ("clip", "llama", "perceiver")])
-def test_fresh_process_loads_remote_code_with_identical_outputs(build, tmp_path, vision, llm, projector):
+def test_fresh_process_loads_remote_code_with_identical_outputs(build, tmp_path, fresh_python, vision, llm, projector):
     model, processor = build(vision, llm, projector_type=projector, perceiver_num_latents=8)
     folder = tmp_path / "model"
     model.save_pretrained(folder)
@@ -68,15 +66,8 @@ def test_fresh_process_loads_remote_code_with_identical_outputs(build, tmp_path,
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText"}
 
-    workdir = tmp_path / "elsewhere"
-    workdir.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "hf_modules"))
     out = tmp_path / "child.pt"
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(folder), str(out)], cwd=workdir, env=env, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    fresh_python(CHILD, folder, out)
     child = torch.load(out, weights_only=False)
 
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the total?"}]}]

@@ -4,8 +4,6 @@ collator, GRPOTrainer on image prompts, and `trl sft` on a saved remote-code fol
 import json
 import math
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -262,20 +260,14 @@ def test_trl_console_script_forwards_our_flags_to_the_sft_script(monkeypatch, tm
     assert launched == {"script_name": "sft.py", "launch_args": [], "training_script_args": args}  # all flags known
 
 
-def test_trl_sft_script_trains_remote_code_folder_on_our_dataset(model_folder, synthetic, tmp_path):
+def test_trl_sft_script_trains_remote_code_folder_on_our_dataset(model_folder, synthetic, tmp_path, fresh_python):
     out, result = tmp_path / "sft_out", tmp_path / "child.json"
     # `load_dataset(folder)` reads EVERY *.arrow under a split folder, `.map` cache files included.
     assert not [f for _, _, names in os.walk(synthetic) for f in names if f.startswith("cache-")]
-    workdir = tmp_path / "elsewhere"
-    workdir.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "hf_modules"))
-    env.update(HF_DATASETS_CACHE=str(tmp_path / "hf_datasets"), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, *cli_args(model_folder, synthetic, str(out)), str(result)],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+    fresh_python(
+        CHILD, *cli_args(model_folder, synthetic, str(out)), result, timeout=300,
+        HF_DATASETS_CACHE=str(tmp_path / "hf_datasets"), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"),
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
 
     assert set(os.listdir(out)) >= SAVED_FILES  # a whole remote-code model + processor
     assert "AutoModelForImageTextToText" in json.loads((out / "config.json").read_text())["auto_map"]
