@@ -85,3 +85,24 @@ def fresh_python(tmp_path):
         return proc
 
     return _run
+
+
+@pytest.fixture
+def one_step_trainer(tmp_path):
+    """one_step_trainer(model, processor, collator, rows) -> SFTTrainer: one optimizer step over all `rows` in one
+    batch with our collator, on CPU in float32, logging that step's loss, saving nothing (as run_sft configures TRL:
+    raw columns kept, TRL's own dataset preparation skipped)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    def _build(model, processor, collator, rows: list[dict]) -> SFTTrainer:
+        args = SFTConfig(
+            output_dir=str(tmp_path / "run"), per_device_train_batch_size=len(rows), max_steps=1, learning_rate=1e-3,
+            use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no",
+            dataloader_num_workers=0, logging_steps=1, seed=0, max_length=None, remove_unused_columns=False,
+            dataset_kwargs={"skip_prepare_dataset": True},
+        )  # fmt: skip
+        return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor,
+                          data_collator=collator)  # fmt: skip
+
+    return _build

@@ -7,9 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset
 from PIL import Image
-from trl import SFTConfig, SFTTrainer
 
 from processing.collator import IGNORE_INDEX, MiniLlavaDataCollator
 
@@ -179,17 +177,9 @@ def test_packed_batch_gives_the_padded_batchs_per_token_loss(anyres, rows, image
 
 
 @pytest.mark.parametrize("padding_free", [False, True])
-def test_sft_trainer_trains_a_step_on_anyres_rows(build, rows, tmp_path, padding_free):
+def test_sft_trainer_trains_a_step_on_anyres_rows(build, rows, one_step_trainer, padding_free):
     model, processor = build(seed=2, max_tiles=4)  # its own copy: training changes it
-    collator = MiniLlavaDataCollator(processor, padding_free=padding_free)
-    args = SFTConfig(
-        output_dir=str(tmp_path / "run"), per_device_train_batch_size=len(rows), max_steps=1, learning_rate=1e-3,
-        use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no",
-        dataloader_num_workers=0, logging_steps=1, seed=0, max_length=None, remove_unused_columns=False,
-        dataset_kwargs={"skip_prepare_dataset": True},
-    )  # fmt: skip
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor,
-                         data_collator=collator)  # fmt: skip
+    trainer = one_step_trainer(model, processor, MiniLlavaDataCollator(processor, padding_free=padding_free), rows)
     with torch.no_grad():
         expected = model(**MiniLlavaDataCollator(processor)(rows)).loss
     newline = model.model.image_newline.detach().clone()

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset
 from PIL import Image
-from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from processing.collator import IGNORE_INDEX, MiniLlavaDataCollator
@@ -136,17 +134,10 @@ def test_plain_forward_on_a_packed_batch_keeps_the_samples_apart(models, attn):
         model(**packed, use_cache=True)
 
 
-def test_sft_trainer_trains_a_packed_step_with_the_loss_of_each_sample_alone(build, tmp_path):
+def test_sft_trainer_trains_a_packed_step_with_the_loss_of_each_sample_alone(build, one_step_trainer):
     model, processor = build(attn_implementation="sdpa")  # its own copy: training changes it
     collator = MiniLlavaDataCollator(processor, padding_free=True)
-    args = SFTConfig(
-        output_dir=str(tmp_path / "run"), per_device_train_batch_size=len(ROWS), max_steps=1, learning_rate=1e-3,
-        use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no",
-        dataloader_num_workers=0, logging_steps=1, seed=0, max_length=None, remove_unused_columns=False,
-        dataset_kwargs={"skip_prepare_dataset": True},
-    )  # fmt: skip
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(ROWS), processing_class=processor,
-                         data_collator=collator)  # fmt: skip
+    trainer = one_step_trainer(model, processor, collator, ROWS)
     batch = collator(ROWS)
     model.eval()
     with torch.no_grad():
