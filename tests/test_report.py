@@ -29,46 +29,36 @@ def row(text: str, *starts: str) -> str:
     return rows[0]
 
 
+def render_report(folder, ablations: str, bench: str, smoke: str, image_splitting: str) -> str:
+    """make_report's main on these inputs, the REPORT.md it writes into `folder`."""
+    out = os.path.join(folder, "REPORT.md")
+    report.main(["--ablations", ablations, "--bench", bench, "--smoke", smoke, "--image_splitting", image_splitting,
+                 "--out", out])  # fmt: skip
+    with open(out) as f:
+        return f.read()
+
+
 @pytest.fixture(scope="module")
 def filled(tmp_path_factory):
-    out = tmp_path_factory.mktemp("report") / "REPORT.md"
-    report.main(
-        [
-            "--ablations",
-            os.path.join(FIXTURES, "ablations_fixture.json"),
-            "--bench",
-            os.path.join(FIXTURES, "report_bench"),
-            "--smoke",
-            os.path.join(FIXTURES, "report_smoke", "summary.json"),
-            "--image_splitting",
-            os.path.join(FIXTURES, "no_such_image_splitting.json"),  # its section is tested on its own below
-            "--out",
-            str(out),
-        ]
+    return render_report(
+        tmp_path_factory.mktemp("report"),
+        ablations=os.path.join(FIXTURES, "ablations_fixture.json"),
+        bench=os.path.join(FIXTURES, "report_bench"),
+        smoke=os.path.join(FIXTURES, "report_smoke", "summary.json"),
+        image_splitting=os.path.join(FIXTURES, "no_such_image_splitting.json"),  # its section is tested on its own
     )
-    return out.read_text()
 
 
 @pytest.fixture(scope="module")
 def empty(tmp_path_factory):
     missing = str(tmp_path_factory.mktemp("missing"))
-    out = os.path.join(missing, "REPORT.md")
-    report.main(
-        [
-            "--ablations",
-            os.path.join(missing, "ablations.json"),
-            "--bench",
-            os.path.join(missing, "bench"),
-            "--smoke",
-            os.path.join(missing, "summary.json"),
-            "--image_splitting",
-            os.path.join(missing, "image_splitting.json"),
-            "--out",
-            out,
-        ]
+    return render_report(
+        missing,
+        ablations=os.path.join(missing, "ablations.json"),
+        bench=os.path.join(missing, "bench"),
+        smoke=os.path.join(missing, "summary.json"),
+        image_splitting=os.path.join(missing, "image_splitting.json"),
     )
-    with open(out) as f:
-        return f.read()
 
 
 def test_ablation_tables_come_from_the_fixture(filled):
