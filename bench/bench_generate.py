@@ -8,7 +8,7 @@ import torch
 
 from bench.harness import base_parser, finish, interleave, print_machine, print_table, ratios, start, summarize
 from bench.tiny_setup import build_tiny, stop_ids, synthetic_rows
-from processing.collator import load_images
+from processing.image_loading import load_images
 
 
 def prompt_inputs(processor, rows: list[dict]):

@@ -49,7 +49,7 @@ from metrics.confidence import fit_abstain_threshold
 from metrics.gallery import plot_risk_coverage, render_gallery, select_failures
 from metrics.model_card import build_eval_results, push_model_card, write_model_card
 from metrics.scoring import build_records, compute_metrics, count_rows, per_question_type, user_turn
-from processing.collator import IMAGE_DECODE_ERRORS, load_images
+from processing.image_loading import IMAGE_DECODE_ERRORS, load_images
 
 LMMS_EVAL_SUFFIX = "\nAnswer the question using a single word or phrase."  # lmms-eval's default post_prompt
 EVAL_DATASETS = {

@@ -2,10 +2,8 @@
 only the assistant answers (+ their end-of-turn token), located in token space with the processor's own chat template.
 """
 
-import io
 import itertools
 import logging
-import struct
 from collections import Counter
 from typing import NamedTuple
 
@@ -14,7 +12,7 @@ from jinja2 import TemplateError
 from PIL import Image
 
 from .anyres_processing import image_hw, process_on_canvases
-from .processing_minillava import to_rgb
+from .image_loading import IMAGE_DECODE_ERRORS, load_images
 
 logger = logging.getLogger(__name__)
 LOGGED_ROWS_PER_REASON = 10  # dropped rows named in the log per reason; the counters carry the rest
@@ -70,30 +68,6 @@ class _SkipRow(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason, self.detail = reason, detail
-
-
-# What decoding one bad image file raises: PIL's UnidentifiedImageError and a truncated file are OSError (or
-# SyntaxError), a broken header struct.error or EOFError, more pixels than PIL allows DecompressionBombError, a value
-# that is no image TypeError. The collator and run_eval catch exactly these.
-IMAGE_DECODE_ERRORS = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    TypeError,
-    EOFError,
-    struct.error,
-    Image.DecompressionBombError,
-)
-
-
-def load_images(images) -> list[Image.Image]:
-    """row["images"] (None, or a list of PIL images / datasets' undecoded {"bytes", "path"} dicts) -> RGB PIL list."""
-    out = []
-    for image in images or []:
-        if isinstance(image, dict):  # an `Image(decode=False)` column
-            image = Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"])
-        out.append(to_rgb(image))
-    return out
 
 
 class MiniLlavaDataCollator:

@@ -5,12 +5,25 @@ import base64
 import binascii
 import io
 import os
+import struct
 import urllib.request
 
 import numpy as np
 from PIL import Image, ImageOps
 
 URL_TIMEOUT_S = 10  # an image URL that never answers must not hang a batch
+# What decoding one bad image raises: PIL's UnidentifiedImageError and a truncated file are OSError (or SyntaxError),
+# a broken header struct.error or EOFError, more pixels than PIL allows DecompressionBombError, an empty or missing
+# value ValueError / TypeError. The training collator, the data check and run_eval catch exactly these.
+IMAGE_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    TypeError,
+    EOFError,
+    struct.error,
+    Image.DecompressionBombError,
+)
 
 
 def to_rgb(image) -> Image.Image:
@@ -67,6 +80,28 @@ def read_image_bytes(source: str) -> bytes:
         raise ValueError(
             f"Incorrect image source {source[:80]!r}: not an existing file, an http(s) URL or base64 image data."
         ) from None
+
+
+def open_stored(image: dict) -> Image.Image:
+    """A datasets `Image(decode=False)` value ({"bytes", "path"}) -> PIL image, fully decoded (a truncated file raises
+    here, not later inside the image processor). Empty bytes and no path is an error: a 0-byte file, not "no bytes"."""
+    data, path = image.get("bytes"), image.get("path")
+    if data is not None:
+        if not data:
+            raise ValueError(f"the image holds 0 bytes (path {path!r}): an empty file, not an image")
+        opened = Image.open(io.BytesIO(data))
+    elif path:
+        opened = Image.open(path)
+    else:
+        raise ValueError(f"the image has neither bytes nor a path ({image!r:.80})")
+    opened.load()
+    return opened
+
+
+def load_images(images) -> list[Image.Image]:
+    """A row's images (None, or a list of PIL images / datasets' undecoded {"bytes", "path"} dicts) -> upright RGB.
+    Raises one of IMAGE_DECODE_ERRORS for an image that cannot be read (None included)."""
+    return [to_rgb(open_stored(image) if isinstance(image, dict) else image) for image in images or []]
 
 
 def map_images(images, fn):

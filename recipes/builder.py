@@ -2,6 +2,7 @@
 and collator, the model with the train plan's freezing (and k-bit preparation), LoRA handed to SFTTrainer as its
 `peft_config`, and the callbacks that keep checkpoints whole and record provenance. `train` runs it and saves."""
 
+import errno
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from processing import MiniLlavaProcessor
 from processing.collator import MiniLlavaDataCollator
 
 from .arguments import DataArguments, ModelArguments, check_local_paths
-from .checkpoints import CheckpointGuard, resolve_resume
+from .checkpoints import CheckpointGuard, out_of_space, resolve_resume
 from .provenance import Provenance, save_artefacts, use_portable_names
 
 logger = logging.getLogger(__name__)
@@ -251,6 +252,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
     """The whole run but `train()`: data loaded and checked, model built under the train plan, LoRA via
     SFTTrainer's own PEFT path, checkpoint guard and provenance attached (`trainer.guard`, `trainer.provenance`)."""
     check_local_paths(model_args, data_args)  # here, not at parse time: recipes name outputs of earlier stages
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)  # before any slow step
     prepare_environment(training_args)
     provenance = Provenance(model_args, data_args, training_args)  # before the collator options below touch args
     set_seed(training_args.seed)
@@ -280,6 +282,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
     )
     provenance.attach(trainer, datasets=fingerprints, train_rows=len(checked["train"]))
     trainer.guard = CheckpointGuard(trainer, collator)  # manifests, rotation, counters that survive a resume
+    trainer.guard.resume_from = resume
     trainer.add_callback(trainer.provenance)  # before the guard: its files are in each checkpoint's manifest
     trainer.add_callback(trainer.guard)
     if trainer.is_world_process_zero():
@@ -289,13 +292,17 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
 
 def train(trainer: SFTTrainer) -> dict:
     """Train (resuming as the recipe says), then save the model folder(s) with their provenance; the summary."""
-    args = trainer.args
-    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    resume = trainer.guard.resume_from
     if resume:
         trainer.guard.restore(resume)
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()  # every rank: ZeRO-3 gathers the shards
-    return save_artefacts(trainer, result, resumed_from=resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model()  # every rank: ZeRO-3 gathers the shards
+        return save_artefacts(trainer, result, resumed_from=resume)
+    except Exception as error:  # a full disk reads as torch's "unexpected pos N vs M": say what it is
+        if message := out_of_space(error, trainer.args.output_dir):
+            raise OSError(errno.ENOSPC, message) from error
+        raise
 
 
 def run(argv: list[str]) -> dict:

@@ -3,6 +3,7 @@ it, resume trusts nothing else, and TRL's token count and the collator's stats c
 
 import contextlib
 import copy
+import errno
 import json
 import logging
 import os
@@ -167,6 +168,7 @@ class CheckpointGuard(TrainerCallback):
         self.batches = StatsBeforeEachBatch(collator)
         trainer.data_collator = self.batches  # read when train() builds the DataLoader
         self.save_total_limit = None
+        self.resume_from = None  # the checkpoint this run resumes from (resolve_resume), set by the builder
         self.prefetched = {}  # stats of the batch collated ahead of the step just trained
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -208,12 +210,49 @@ class CheckpointGuard(TrainerCallback):
             self.collator.stats[key] = Counter(value) if isinstance(value, dict) else value
 
 
+# How a full disk surfaces: OSError ENOSPC (json, shutil), safetensors' "No space left on device (os error 28)",
+# torch.save's zip writer "unexpected pos N vs M" or "file write failed" (it drops the errno).
+OUT_OF_SPACE_SIGNS = ("No space left on device", "os error 28", "unexpected pos", "file write failed")
+
+
+def out_of_space(error: BaseException, output_dir: str) -> str | None:
+    """A plain message when `error` (or what it was raised from) is a write that ran out of disk space, else None."""
+    chain, seen = [], error
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if not any(
+        (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+        or any(s in str(e) for s in OUT_OF_SPACE_SIGNS)
+        for e in chain
+    ):
+        return None
+    free = shutil.disk_usage(output_dir).free if os.path.isdir(output_dir) else 0
+    whole = last_complete_checkpoint(output_dir)
+    return (
+        f"No space left in OUTPUT_DIR {output_dir} ({free / 2**20:.1f} MiB free) while writing "
+        f"({type(error).__name__}: {str(error)[:200]}). A checkpoint cut short has no manifest and is never resumed "
+        f"from; the newest whole one is {whole or 'none'}. Free space (or lower save_total_limit, or "
+        "save_only_model: true) and rerun with resume_from_checkpoint: true."
+    )
+
+
 def resolve_resume(resume, output_dir: str) -> str | None:
-    """`resume_from_checkpoint` as the recipe says it: true/"last" -> the newest whole checkpoint (or a fresh start);
-    a path -> that checkpoint, refused unless whole; unset -> None."""
+    """`resume_from_checkpoint` as the recipe says it: true/"last" -> the newest whole checkpoint, a fresh start when
+    there is no checkpoint at all, an error naming them when there are checkpoints but none is whole; a path -> that
+    checkpoint, refused unless whole; unset -> None."""
     if resume in (True, "true", "True", "last"):
         resume = last_complete_checkpoint(output_dir)
-        logger.info(f"Resuming from {resume}" if resume else "No complete checkpoint to resume from; starting fresh.")
+        if resume is None and (found := list_checkpoints(output_dir)):
+            # Starting fresh here would let the first save's rotation delete them: a damaged checkpoint still holds
+            # weights someone may want, so a human decides.
+            damaged = "; ".join(f"{c}: {checkpoint_problem(c)}" for c in found)
+            raise ValueError(
+                f"resume_from_checkpoint=true, but no checkpoint in {output_dir} is whole: {damaged}. Nothing was "
+                "deleted. Pass one of them as resume_from_checkpoint to see why it cannot be used, move them out of "
+                "output_dir to start fresh, or pick another output_dir."
+            )
+        logger.info(f"Resuming from {resume}" if resume else "No checkpoint to resume from; starting fresh.")
     elif resume and (problem := checkpoint_problem(resume)):
         raise ValueError(
             f"resume_from_checkpoint={resume!r} is not a whole checkpoint: {problem}. Pass `true` to resume from the "

@@ -1,23 +1,25 @@
 """Checkpoints that cannot be lost (checkpoints.CheckpointGuard): a kill at every phase of a save and of rotation, for
 save_total_limit 1 and 2, resumes to the identical loss curve, token count and collator stats; a vouched-for
-checkpoint with a missing or cut-short file is refused, named in the log, and the previous whole one is used (or,
-with none left, a fresh start).
+checkpoint with a missing or cut-short file is refused, named in the log, and the previous whole one is used (with
+none left, the run stops and names them: a fresh start would rotate them away).
 
 The kills are simulated deterministically: one uninterrupted run per limit copies its output folder at each phase of
 the save of step 3 (what a kill -9 at that instant leaves on disk: nothing else is written after it), cutting the file
 being written short where the phase is a write; each copy is then resumed."""
 
+import errno
 import json
 import logging
 import os
 import shutil
+import subprocess
 import types
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
-from transformers import Trainer, TrainerState
+from transformers import Trainer, TrainerCallback, TrainerState
 
 import recipes
 from data_scripts.make_synthetic import build_synthetic
@@ -234,12 +236,73 @@ def test_vouched_for_checkpoint_with_a_damaged_file_is_refused(reference, damage
         resume(reference, backbones, synthetic, out, checkpoint=str(newest))
     caplog.clear()
     caplog.set_level(logging.INFO, logger="recipes.checkpoints")
+    if reference["limit"] == 1:  # checkpoints, none whole: stop and name it; a fresh start would rotate it away
+        before = sorted(p.relative_to(out) for p in newest.rglob("*"))
+        with pytest.raises(ValueError, match=f"no checkpoint in {out} is whole: {newest}: {damage.split()[0]}"):
+            resume(reference, backbones, synthetic, out)
+        assert sorted(p.relative_to(out) for p in newest.rglob("*")) == before  # nothing deleted
+        return
     summary = resume(reference, backbones, synthetic, out)  # `true`: the newest whole one
     assert f"Not resuming from {newest}: {damage.split()[0]}" in caplog.text
-    if reference["limit"] == 2:  # the previous whole checkpoint
-        assert summary["resumed_from"] == str(out / f"checkpoint-{MAX_STEPS - 1}")
-    else:  # none left: a fresh start, which gives the same run too
-        assert summary["resumed_from"] is None and "starting fresh" in caplog.text
+    assert summary["resumed_from"] == str(out / f"checkpoint-{MAX_STEPS - 1}")  # the previous whole checkpoint
+    assert_same_run(summary, out, reference)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MiB tmpfs: a real filesystem that runs out of space (mounting needs root, as CI is here)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); run as root")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+class FillDisk(TrainerCallback):
+    """After step FULL_STEP trains, before it saves: a ballast file leaves only `leave(output_dir)` bytes free."""
+
+    def __init__(self, leave):
+        self.leave = leave
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == FULL_STEP:
+            ballast = Path(args.output_dir).parent / "ballast"
+            with open(ballast, "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, shutil.disk_usage(ballast.parent).free - self.leave(args.output_dir))
+
+
+FULL_STEP = 2
+ROOM_LEFT = {  # where the save of FULL_STEP runs out: its first file, or the optimizer (torch.save)
+    "at_once": lambda out: 0,
+    "in_optimizer": lambda out: room_before_optimizer(Path(out) / "checkpoint-1"),
+}
+
+
+def room_before_optimizer(checkpoint: Path) -> int:
+    """What every file saved before optimizer.pt takes on a 4 KiB-block tmpfs, plus two blocks."""
+    files = [p for p in checkpoint.rglob("*") if p.is_file() and p.name != "optimizer.pt"]
+    return sum(-(-p.stat().st_size // 4096) * 4096 for p in files) + 2 * 4096
+
+
+@pytest.mark.parametrize("where", ROOM_LEFT)
+def test_a_full_disk_names_itself_keeps_what_is_whole_and_resumes(reference, where, small_disk, backbones, synthetic):
+    out = small_disk / "run"
+    recipe = write_recipe(reference["folder"], out, backbones, synthetic, save_total_limit=reference["limit"])
+    trainer = recipes.build_trainer(*recipes.parse_recipe([recipe]))
+    trainer.add_callback(FillDisk(ROOM_LEFT[where]))
+    with pytest.raises(OSError) as error:
+        recipes.train(trainer)
+    assert error.value.errno == errno.ENOSPC
+    message = str(error.value)
+    assert f"No space left in OUTPUT_DIR {out}" in message
+    assert f"the newest whole one is {out / 'checkpoint-1'}" in message
+    assert ("No space left on device" if where == "at_once" else "unexpected pos") in str(error.value.__cause__)
+    assert whole_checkpoints(out) == ["checkpoint-1"]  # the cut-short save never counts, the last whole one stays
+    (small_disk / "ballast").unlink()
+    summary = resume(reference, backbones, synthetic, out)
+    assert summary["resumed_from"] == str(out / "checkpoint-1")
     assert_same_run(summary, out, reference)
 
 
@@ -299,6 +362,24 @@ def test_checkpoint_problem_names_what_is_wrong(tmp_path, damage, problem, caplo
     damage(make_checkpoint(tmp_path, 2))
     assert checkpoints.last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-1")
     assert problem in caplog.text
+
+
+def test_resume_true_with_checkpoints_but_none_whole_stops_and_deletes_nothing(tmp_path):
+    """Limit 1: the newest save was killed before its manifest, the previous one lost optimizer.pt. Starting fresh
+    would rotate both away at the first save (the previous one's good weights with them)."""
+    assert checkpoints.resolve_resume(True, str(tmp_path)) is None  # no checkpoint at all: a fresh start
+    (make_checkpoint(tmp_path, 6) / "optimizer.pt").unlink()
+    make_checkpoint(tmp_path, 7, whole=False)
+    files = sorted(tmp_path.rglob("*"))
+    for resume in (True, "true", "last"):
+        with pytest.raises(ValueError) as error:
+            checkpoints.resolve_resume(resume, str(tmp_path))
+        message = str(error.value)
+        assert f"{tmp_path / 'checkpoint-6'}: optimizer.pt is missing (128 bytes when saved)" in message
+        assert f"{tmp_path / 'checkpoint-7'}: no {checkpoints.COMPLETE_MARKER}" in message
+        assert "Nothing was deleted" in message
+    assert sorted(tmp_path.rglob("*")) == files
+    assert checkpoints.resolve_resume(None, str(tmp_path)) is None  # not asked to resume: not this check's business
 
 
 def test_later_checkpoints_are_disowned_when_a_run_starts_before_them(tmp_path):

@@ -86,6 +86,8 @@ def test_read_images_names_what_cannot_be_decoded(tmp_path):
         "no image": [None],
         "ValueError: the row has no image": [],
         "FileNotFoundError": [{"bytes": None, "path": str(tmp_path / "gone.png")}],
+        "ValueError: the image holds 0 bytes": [{"bytes": b"", "path": None}],  # a 0-byte file, not "no bytes"
+        "ValueError: the image has neither bytes nor a path": [{"bytes": None, "path": None}],
     }
     for expected, values in cases.items():
         images, error = evaluation.read_images(values)
