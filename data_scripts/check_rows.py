@@ -24,27 +24,54 @@ def check_rows(
     settings: str,
     cache_dir: str | None = None,
     num_proc: int | None = None,
+    write_cache: bool = True,
 ):
     """(rows that pass; report). `settings` names what the verdicts depend on besides the data
     (template, tokens per image, max_length): verdicts are cached in `cache_dir` under the dataset fingerprint + those
-    settings, so a resumed run does not check again. The report: {"split", "rows", "kept", "dropped": {reason: n},
-    "rows_dropped": [{"index", "id", "reason", "detail"}]}."""
+    settings, so a resumed run does not check again. Only the process with `write_cache` writes them (ranks share
+    `cache_dir`), atomically; an unreadable cache is checked again. The report: {"split", "rows", "kept",
+    "dropped": {reason: n}, "rows_dropped": [{"index", "id", "reason", "detail"}]}."""
     key = hashlib.sha256(f"{ds._fingerprint}:{settings}".encode()).hexdigest()[:24]
     cache = os.path.join(cache_dir, f"{name}-{key}.json") if cache_dir else None
-    if cache and os.path.exists(cache):
-        with open(cache) as f:
-            report = json.load(f)
+    report = read_cached_report(cache, len(ds)) if cache else None
+    if report is not None:
         logger.info(f"Data check of {name}: cached verdicts ({cache}).")
     else:
         report = _check(ds, check_row, name, num_proc)
-        if cache:
+        if cache and write_cache:
             os.makedirs(cache_dir, exist_ok=True)
-            with open(cache, "w") as f:
-                json.dump(report, f, indent=1)
+            write_json_atomically(cache, report)
     bad = {r["index"] for r in report["rows_dropped"]}
     # In memory: an indices file written next to a save_to_disk dataset would later be read as data by load_dataset.
     kept = ds.select([i for i in range(len(ds)) if i not in bad], keep_in_memory=True) if bad else ds
     return kept, report
+
+
+def write_json_atomically(path: str, obj) -> None:
+    """A temporary file of this process's own, fsync, rename: a kill leaves the old file or the whole new one, never
+    half of it, and two processes writing at once never mix their bytes."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_cached_report(cache: str, rows: int) -> dict | None:
+    """The cached report, or None when there is none or it is unreadable (discarded with a warning: an older
+    run_sft's plain write, killed half-way, left an empty or cut file)."""
+    if not os.path.exists(cache):
+        return None
+    try:
+        with open(cache) as f:
+            report = json.load(f)
+        if not isinstance(report, dict) or report.get("rows") != rows or not isinstance(report["rows_dropped"], list):
+            raise ValueError(f"not a data-check report of {rows} rows")
+        return report
+    except (OSError, ValueError, KeyError) as error:
+        logger.warning(f"Discarding the data-check cache {cache} ({type(error).__name__}: {error}); checking again.")
+        return None
 
 
 def _check(ds, check_row, name: str, num_proc: int | None) -> dict:

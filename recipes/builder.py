@@ -130,8 +130,9 @@ def check_data(splits: dict, collator, training_args, data_args) -> dict:
             continue
         num_proc = max(1, training_args.dataloader_num_workers)
         checked[name], report = check_rows(
-            ds, collator.check_row, name=name, settings=settings, cache_dir=cache_dir, num_proc=num_proc
-        )
+            ds, collator.check_row, name=name, settings=settings, cache_dir=cache_dir, num_proc=num_proc,
+            write_cache=training_args.process_index == 0,  # ranks share output_dir: one writer
+        )  # fmt: skip
         reports.append(report)
     report_path = os.path.join(training_args.output_dir, "data_check.json")
     if training_args.process_index == 0:

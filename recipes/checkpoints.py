@@ -12,6 +12,8 @@ from collections import Counter
 
 from transformers import TrainerCallback
 
+from data_scripts.check_rows import write_json_atomically
+
 logger = logging.getLogger(__name__)
 COMPLETE_MARKER = "CHECKPOINT_COMPLETE"  # the manifest: written last; resume trusts a checkpoint it vouches for
 COUNTERS_FILE = "run_counters_rank{rank}.json"  # num_tokens + collator stats, per process (the collator's are)
@@ -30,15 +32,6 @@ def list_checkpoints(output_dir: str) -> list[str]:
         return []
     paths = [os.path.join(output_dir, name) for name in os.listdir(output_dir)]
     return sorted((p for p in paths if checkpoint_step(p) is not None and os.path.isdir(p)), key=checkpoint_step)
-
-
-def write_json_atomically(path: str, obj) -> None:
-    """Temporary name, fsync, rename: a kill leaves the old file or the whole new one, never half of it."""
-    with open(f"{path}.tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f"{path}.tmp", path)
 
 
 def write_manifest(checkpoint: str, global_step: int) -> None:

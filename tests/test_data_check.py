@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 import recipes
+from data_scripts import check_rows as check_rows_module
 from data_scripts.check_rows import check_rows
 from data_scripts.make_synthetic import build_synthetic
 from data_scripts.schema import load_dataset_dir
@@ -99,6 +100,41 @@ def test_verdicts_are_cached_by_fingerprint_and_settings(bad_data, tmp_path):
     assert len(calls) == 20 and cached == report and again["id"] == kept["id"]
     check_rows(ds, check, name="train", settings="b", cache_dir=str(tmp_path))  # other settings: checked again
     assert len(calls) == 40
+
+
+@pytest.mark.parametrize("damage", ["empty", "cut short", "another split's"])
+def test_an_unreadable_cache_is_discarded_with_a_warning_and_rewritten(bad_data, tmp_path, damage, caplog):
+    """A kill during an older plain write left an empty or cut file: every later run crashed with JSONDecodeError."""
+    ds = load_dataset_dir(bad_data)["train"].select(range(20))
+    check = lambda row: ("bad", "test") if row["id"] == "row-017" else None  # noqa: E731
+    _, report = check_rows(ds, check, name="train", settings="a", cache_dir=str(tmp_path))
+    (cache,) = tmp_path.glob("train-*.json")
+    text = cache.read_text()
+    bad = {"empty": "", "cut short": text[: len(text) // 2], "another split's": json.dumps({**report, "rows": 7})}
+    cache.write_text(bad[damage])
+    kept, again = check_rows(ds, check, name="train", settings="a", cache_dir=str(tmp_path))
+    assert again == report and len(kept) == 19
+    assert f"Discarding the data-check cache {cache}" in caplog.text
+    assert json.loads(cache.read_text()) == report  # rewritten whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == [cache.name]  # no temporary file left
+
+
+def test_cache_writes_are_atomic_and_only_the_writer_writes(bad_data, tmp_path, monkeypatch):
+    ds = load_dataset_dir(bad_data)["train"].select(range(20))
+    check = lambda row: None  # noqa: E731
+    check_rows(ds, check, name="train", settings="a", cache_dir=str(tmp_path / "rank1"), write_cache=False)
+    assert not (tmp_path / "rank1").exists()  # another rank: checks, writes nothing
+    _, report = check_rows(ds, check, name="train", settings="a", cache_dir=str(tmp_path))
+    (cache,) = tmp_path.glob("train-*.json")
+
+    def killed(obj, f, **kwargs):  # a kill while writing: half the text on disk, then nothing
+        f.write(json.dumps(obj)[:10])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(check_rows_module.json, "dump", killed)
+    with pytest.raises(KeyboardInterrupt):
+        check_rows_module.write_json_atomically(str(cache), {"rows": 0})
+    assert json.loads(cache.read_text()) == report  # the old file, whole
 
 
 def test_without_max_length_rows_beyond_the_llms_context_are_dropped(backbones, bad_data, tmp_path):
