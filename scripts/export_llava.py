@@ -135,11 +135,10 @@ def check_same_ids(source, exported, where: str) -> None:
     """Llava's processor tokenizes with the tokenizer's default add_special_tokens, ours with False."""
     ours, theirs = sample_input_ids(source), sample_input_ids(exported)
     if ours != theirs:
-        n_image = theirs.count(exported.image_token_id)
+        counts = f"{theirs.count(exported.image_token_id)} vs {ours.count(source.image_token_id)} image placeholders"
         raise ValueError(
-            f"{where}: the exported LlavaProcessor gives other input_ids than ours ({len(theirs)} vs {len(ours)} "
-            f"tokens, {n_image} vs {source.num_image_tokens} image placeholders); check the tokenizer's default "
-            "special tokens and the image processor's output size."
+            f"{where}: the exported processor gives other input_ids than ours ({len(theirs)} vs {len(ours)} tokens, "
+            f"{counts}); check the tokenizer's default special tokens and the image processor's output size."
         )
 
 
@@ -206,6 +205,7 @@ def export_llava(model_dir: str, out_dir: str) -> str:
     if config.image_token_id is None:
         raise ValueError(f"{model_dir}/config.json has no image_token_id; save the model built by from_backbones.")
     processor = MiniLlavaProcessor.from_pretrained(model_dir)
+    processor.max_image_tokens = None  # compared as exported: LlavaNext gives every image its full grid
     model = load_llava(model_dir, build_llava_config(config))
 
     added = extend_vocab(model, config.image_token_id)

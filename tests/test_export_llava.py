@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,6 +98,12 @@ def test_export_loads_as_plain_llava_with_our_settings(exports, key):
             # The chat template's preamble comment says "minillava"; the JSON files must not point at our code.
             assert name.endswith(".jinja") or "minillava" not in content.lower(), name
             assert "/tmp" not in content and ROOT not in content, name  # no local absolute paths (_name_or_path)
+
+    # The layout serving engines load (vLLM's Llava refuses the flat `model.vision_tower.embeddings...`).
+    saved = safe_open(str(case["out"] / "model.safetensors"), "pt").keys()
+    tower = [k for k in saved if k.startswith("model.vision_tower.")]
+    assert tower and all(k.startswith("model.vision_tower.vision_model.") for k in tower), tower[:3]
+    assert {k.split(".")[3] for k in tower} >= {"embeddings", "encoder", "post_layernorm"}
 
     ours, theirs = model.config, llava.config
     assert theirs.model_type == "llava"
@@ -204,11 +211,16 @@ def test_cli_writes_the_same_export(exports, tmp_path):
         assert (out / name).read_text() == (case["out"] / name).read_text(), name
 
 
-def test_anyres_exports_as_llava_next_with_identical_logits_and_generation(build, export_llava, tmp_path):
-    """AnyRes on: the folder is LlavaNext (same pinpoints, image_newline), loaded by plain AutoClasses."""
+@pytest.mark.parametrize("budget", [False, True], ids=["no_budget", "budget_below_the_check_image"])
+def test_anyres_exports_as_llava_next_with_identical_logits_and_generation(build, export_llava, tmp_path, budget):
+    """AnyRes on: the folder is LlavaNext (same pinpoints, image_newline), loaded by plain AutoClasses. A
+    max_image_tokens is not carried over (LlavaNext has none): the export equals our model with the budget off, even
+    when the budget is below the export's own check image (which once made the export fail)."""
     from transformers import LlavaNextForConditionalGeneration, LlavaNextProcessor
 
     model, processor = build(seed=1, max_tiles=4)
+    if budget:  # the check image is 400x90: a budget one token short shrinks its grid
+        model.config.max_image_tokens = processor.max_image_tokens = model.config.count_image_tokens(90, 400) - 1
     source = tmp_path / "minillava"
     model.save_pretrained(source)
     processor.save_pretrained(source)
@@ -222,6 +234,8 @@ def test_anyres_exports_as_llava_next_with_identical_logits_and_generation(build
     images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(700, 300), (260, 900)]]
     mm = llava_processor._get_num_multimodal_tokens(image_sizes=[(700, 300), (260, 900)])
     assert mm.num_image_tokens == [model.config.count_image_tokens(*image.size[::-1]) for image in images]
+    assert "max_image_tokens" not in llava.config.to_dict()
+    processor.max_image_tokens = None  # ours as exported: every image its full grid
     ours, theirs = batch_with(processor, images), batch_with(llava_processor, images)
     for key in ("input_ids", "attention_mask", "pixel_values", "image_sizes"):
         assert torch.equal(ours[key], theirs[key]), key
