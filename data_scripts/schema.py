@@ -11,7 +11,8 @@ import imagehash
 from datasets import Features, Image, List, Value
 from PIL import Image as PILImage
 
-# The one abstention string: the model is trained to output exactly this for unanswerable questions.
+# What the model is trained to say for unanswerable questions: the processor's (data scripts stay free of torch).
+# Copied from processing.answers.ABSTAIN_ANSWER
 ABSTAIN_ANSWER = "unanswerable"
 SPLITS = ("train", "validation", "test")
 QUESTION_TYPES = ("extraction", "key_value", "yes_no", "counting", "layout", "doc_type", "unanswerable", "caption")

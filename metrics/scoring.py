@@ -1,10 +1,9 @@
 """Scoring of generated answers: one predictions.jsonl record per row (raw and final answer, confidence, scores,
 failure tag) and the `metrics` block of eval_results.json (definitions in metrics/evaluation.py's docstring)."""
 
-from data_scripts.schema import ABSTAIN_ANSWER
 from metrics.abstention.abstention import abstention_scores
 from metrics.anls.anls import anls_scores
-from metrics.confidence import is_abstained
+from metrics.confidence import ABSTAIN_ANSWER, is_abstained
 from metrics.exact_match.exact_match import exact_match_scores
 from metrics.gallery import parse_meta, tag_failure
 from metrics.relaxed_accuracy.relaxed_accuracy import relaxed_accuracy_scores

@@ -42,17 +42,21 @@ def confidence_from_logprobs(logprobs: list[float]) -> float:
 
 
 def normalize_abstention(answer: str) -> str:
-    """Case-folded, whitespace and trailing . ! ? stripped (as metrics/abstention's `is_abstention`)."""
+    """Case-folded, whitespace and trailing . ! ? stripped: the one rule for reading an abstention."""
     return answer.casefold().strip().rstrip(".!?").strip()
+
+
+def is_abstention(answer: str, abstain_answer: str = ABSTAIN_ANSWER) -> bool:
+    """True if an answer is the abstention answer ("Unanswerable." is, "I think it is unanswerable" is not)."""
+    return normalize_abstention(answer) == abstain_answer.casefold()
 
 
 def abstention_reason(answer: str, confidence: float, threshold: float, abstain_answer: str = ABSTAIN_ANSWER):
     """A key of ABSTAIN_REASONS when the answer is withheld, else None. The model's own word comes first: an
     "unanswerable" said with confidence 0.9 is the model abstaining, not a confident answer."""
-    said = normalize_abstention(answer)
-    if said == abstain_answer.casefold():
+    if is_abstention(answer, abstain_answer):
         return "model_said_so"
-    if not said:
+    if not normalize_abstention(answer):
         return "empty"
     return "not_confident" if confidence < threshold else None
 

@@ -1,6 +1,7 @@
 """The processor's multimodal chat template: a Jinja preamble that turns HF multimodal messages into plain-text ones
 with image tokens, put in front of the LLM's own template. Ships as remote code next to processing_minillava.py."""
 
+# Copied from modeling_minillava.configuration_minillava.IMAGE_POSITIONS
 IMAGE_POSITIONS = ("prefix", "user_turn")
 
 # The preamble rewrites HF multimodal messages (content = list of parts) into plain-text messages, then the LLM's own

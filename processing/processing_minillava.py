@@ -30,8 +30,8 @@ from .image_loading import load_rgb, map_images, to_rgb
 logger = logging.get_logger(__name__)
 
 # Added to the tokenizer only when it reserves no image token (the model config's choice, see choose_image_token).
-# Control-token shaped, so a question that says "<image>" stays plain text.
-DEFAULT_IMAGE_TOKEN = "<|image|>"
+# Copied from modeling_minillava.configuration_minillava.DEFAULT_IMAGE_TOKEN
+DEFAULT_IMAGE_TOKEN = "<|image|>"  # control-token shaped, so a question that says "<image>" stays plain text
 # AnyRes: the canvas ([h, w]) chosen for each image of the current __call__ (its samples' token budget needs the text,
 # which ProcessorMixin does not hand to _process_images); a ContextVar so concurrent calls (threads) never mix.
 _CANVAS_PLAN = contextvars.ContextVar("minillava_canvas_plan", default=None)

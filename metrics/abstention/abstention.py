@@ -34,12 +34,21 @@ Example:
     {'abstain_precision': 0.5, 'abstain_recall': 0.5, 'abstain_f1': 0.5, 'hallucination_rate': 0.5}
 """
 
-ABSTAIN_ANSWER = "unanswerable"  # mirrors data_scripts/schema.py ABSTAIN_ANSWER; not imported (self-contained)
+# The project's abstention answer and rule, copied from the processor's remote code (this file stands alone).
+# Copied from processing.answers.ABSTAIN_ANSWER
+ABSTAIN_ANSWER = "unanswerable"
 
 
+# Copied from processing.answers.normalize_abstention
+def normalize_abstention(answer: str) -> str:
+    """Case-folded, whitespace and trailing . ! ? stripped: the one rule for reading an abstention."""
+    return answer.casefold().strip().rstrip(".!?").strip()
+
+
+# Copied from processing.answers.is_abstention
 def is_abstention(answer: str, abstain_answer: str = ABSTAIN_ANSWER) -> bool:
-    """True if a generated answer is the abstention answer (case-folded, whitespace and trailing .!? ignored)."""
-    return answer.casefold().strip().rstrip(".!?").strip() == abstain_answer.casefold()
+    """True if an answer is the abstention answer ("Unanswerable." is, "I think it is unanswerable" is not)."""
+    return normalize_abstention(answer) == abstain_answer.casefold()
 
 
 def _ratio(numerator: int, denominator: int) -> float:
@@ -67,14 +76,21 @@ def abstention_scores(abstained: list[bool], answerable: list[bool]) -> dict[str
     }
 
 
+_CITATION = ""
+_FEATURES = datasets.Features({"predictions": datasets.Value("bool"), "references": datasets.Value("bool")})
+_REFERENCE_URLS = []
+
+
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Abstention(evaluate.Metric):
+    # Copied from metrics.anls.anls.Anls._info
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
-            citation="",
+            citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("bool"), "references": datasets.Value("bool")}),
+            features=_FEATURES,
+            reference_urls=_REFERENCE_URLS,
         )
 
     def add_batch(self, *, predictions=None, references=None, **kwargs):

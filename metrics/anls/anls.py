@@ -107,6 +107,12 @@ def _check_inputs(predictions, references) -> None:
             )
 
 
+_FEATURES = datasets.Features(
+    {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
+)
+_REFERENCE_URLS = ["https://github.com/EvolvingLMMs-Lab/lmms-eval/blob/main/lmms_eval/api/metrics.py"]
+
+
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Anls(evaluate.Metric):
     def _info(self):
@@ -114,10 +120,8 @@ class Anls(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
-            ),
-            reference_urls=["https://github.com/EvolvingLMMs-Lab/lmms-eval/blob/main/lmms_eval/api/metrics.py"],
+            features=_FEATURES,
+            reference_urls=_REFERENCE_URLS,
         )
 
     def add_batch(self, *, predictions=None, references=None, **kwargs):

@@ -60,6 +60,7 @@ def exact_match_scores(predictions: list[str], references: list[list[str]]) -> l
     return [exact_match_score(pred, golds) for pred, golds in zip(predictions, references)]
 
 
+# Copied from metrics.anls.anls._check_golds
 def _check_golds(golds) -> None:
     if isinstance(golds, str):
         raise ValueError(f"golds must be a list of strings, got the string {golds!r}: wrap it as [{golds!r}].")
@@ -67,6 +68,7 @@ def _check_golds(golds) -> None:
         raise ValueError("an example has an empty list of gold answers: give at least one gold answer per example.")
 
 
+# Copied from metrics.anls.anls._check_inputs
 def _check_inputs(predictions, references) -> None:
     if len(predictions) != len(references):
         raise ValueError(
@@ -80,24 +82,33 @@ def _check_inputs(predictions, references) -> None:
             )
 
 
+_CITATION = ""
+_FEATURES = datasets.Features(
+    {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
+)
+_REFERENCE_URLS = []
+
+
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ExactMatch(evaluate.Metric):
+    # Copied from metrics.anls.anls.Anls._info
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
-            citation="",
+            citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
-            ),
+            features=_FEATURES,
+            reference_urls=_REFERENCE_URLS,
         )
 
+    # Copied from metrics.anls.anls.Anls.add_batch
     def add_batch(self, *, predictions=None, references=None, **kwargs):
         """Add a batch of predictions and references (checked first: equal lengths, non-empty golds)."""
         # Checked before Arrow sees the batch, so the error names the fix instead of a schema mismatch.
         _check_inputs(predictions, references)
         super().add_batch(predictions=predictions, references=references, **kwargs)
 
+    # Copied from metrics.anls.anls.Anls._compute with anls->exact_match
     def _compute(self, predictions, references):
         scores = exact_match_scores(predictions, references)
         if not scores:

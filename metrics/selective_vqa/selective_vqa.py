@@ -178,19 +178,20 @@ def _check_pair(confidences, scores, conf_name: str, score_name: str, minimum: i
             )
 
 
+_FEATURES = datasets.Features({"predictions": datasets.Value("float64"), "references": datasets.Value("float64")})
+_REFERENCE_URLS = ["https://github.com/facebookresearch/reliable_vqa/blob/main/eval_scripts/reliable_vqa_eval.py"]
+
+
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class SelectiveVqa(evaluate.Metric):
+    # Copied from metrics.anls.anls.Anls._info
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("float64"), "references": datasets.Value("float64")}
-            ),
-            reference_urls=[
-                "https://github.com/facebookresearch/reliable_vqa/blob/main/eval_scripts/reliable_vqa_eval.py"
-            ],
+            features=_FEATURES,
+            reference_urls=_REFERENCE_URLS,
         )
 
     def add_batch(self, *, predictions=None, references=None, **kwargs):

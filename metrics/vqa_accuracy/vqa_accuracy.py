@@ -134,6 +134,7 @@ def vqa_accuracy_scores(predictions: list[str], references: list[list[str]]) -> 
     return [vqa_soft_score(pred, golds) for pred, golds in zip(predictions, references)]
 
 
+# Copied from metrics.anls.anls._check_golds
 def _check_golds(golds) -> None:
     if isinstance(golds, str):
         raise ValueError(f"golds must be a list of strings, got the string {golds!r}: wrap it as [{golds!r}].")
@@ -141,6 +142,7 @@ def _check_golds(golds) -> None:
         raise ValueError("an example has an empty list of gold answers: give at least one gold answer per example.")
 
 
+# Copied from metrics.anls.anls._check_inputs
 def _check_inputs(predictions, references) -> None:
     if len(predictions) != len(references):
         raise ValueError(
@@ -154,25 +156,32 @@ def _check_inputs(predictions, references) -> None:
             )
 
 
+_FEATURES = datasets.Features(
+    {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
+)
+_REFERENCE_URLS = ["https://github.com/facebookresearch/mmf/blob/main/mmf/utils/m4c_evaluators.py"]
+
+
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class VqaAccuracy(evaluate.Metric):
+    # Copied from metrics.anls.anls.Anls._info
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
-            ),
-            reference_urls=["https://github.com/facebookresearch/mmf/blob/main/mmf/utils/m4c_evaluators.py"],
+            features=_FEATURES,
+            reference_urls=_REFERENCE_URLS,
         )
 
+    # Copied from metrics.anls.anls.Anls.add_batch
     def add_batch(self, *, predictions=None, references=None, **kwargs):
         """Add a batch of predictions and references (checked first: equal lengths, non-empty golds)."""
         # Checked before Arrow sees the batch, so the error names the fix instead of a schema mismatch.
         _check_inputs(predictions, references)
         super().add_batch(predictions=predictions, references=references, **kwargs)
 
+    # Copied from metrics.anls.anls.Anls._compute with anls->vqa_accuracy
     def _compute(self, predictions, references):
         scores = vqa_accuracy_scores(predictions, references)
         if not scores:
