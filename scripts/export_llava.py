@@ -186,6 +186,42 @@ def extend_vocab(model, image_token_id: int) -> int:
     return image_token_id + 1 - old
 
 
+def write_serving_layout(out_dir: str) -> int:
+    """Rename the saved vision-tower keys `model.vision_tower.X` -> `model.vision_tower.vision_model.X`; returns how
+    many. Why: transformers >= 5.6 saves SigLIP/CLIP towers flat, but vLLM's Llava loader (and the older layout every
+    engine and converter knows) wants the `vision_model` level ("There is no module or parameter named
+    'vision_tower.embeddings'"); transformers still loads this layout into the flat modules (its conversion mapping
+    strips the prefix), so the tensors are the same either way."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    flat, nested = "model.vision_tower.", "model.vision_tower.vision_model."
+    renamed = 0
+    for name in sorted(os.listdir(out_dir)):
+        if not name.endswith(".safetensors"):
+            continue
+        path = os.path.join(out_dir, name)
+        tensors = load_file(path)
+        keys = [k for k in tensors if k.startswith(flat) and not k.startswith(nested)]
+        for key in keys:
+            tensors[nested + key[len(flat) :]] = tensors.pop(key)
+        if keys:
+            save_file(tensors, path, metadata={"format": "pt"})
+            renamed += len(keys)
+    index_path = os.path.join(out_dir, "model.safetensors.index.json")
+    if os.path.exists(index_path):
+        with open(index_path) as f:
+            index = json.load(f)
+        index["weight_map"] = {
+            (nested + k[len(flat) :] if k.startswith(flat) and not k.startswith(nested) else k): v
+            for k, v in index["weight_map"].items()
+        }
+        with open(index_path, "w") as f:
+            json.dump(index, f, indent=2)
+    return renamed
+
+
 def export_llava(model_dir: str, out_dir: str) -> str:
     """Write the Llava folder for the MiniLlava folder `model_dir` (model + processor) into `out_dir`; returns it."""
     from transformers import AutoProcessor, GenerationConfig
@@ -222,6 +258,7 @@ def export_llava(model_dir: str, out_dir: str) -> str:
         generation.pad_token_id = llava_processor.tokenizer.pad_token_id
 
     model.save_pretrained(out_dir)
+    write_serving_layout(out_dir)
     llava_processor.save_pretrained(out_dir)
     check_same_ids(processor, AutoProcessor.from_pretrained(out_dir), f"reloaded from {out_dir}")
     return out_dir
