@@ -145,14 +145,57 @@ def parse_recipe(argv: list[str]) -> tuple["ModelArguments", "DataArguments", SF
     return model_args, data_args, training_args
 
 
+def value_rules() -> dict:
+    """Recipe key -> (allowed(value), what is allowed), for keys whose type alone lets a bad value through to a model
+    load or a PEFT call hours later (`lora_r: -1` would fail inside PEFT without naming the key)."""
+    from modeling_minillava.configuration_minillava import IMAGE_POSITIONS
+    from modeling_minillava.projectors import PROJECTORS
+
+    positive, optional_positive = (lambda v: v > 0, "> 0"), (lambda v: v is None or v > 0, "> 0 or null")
+    return {
+        "projector_type": (lambda v: v in PROJECTORS, f"one of {sorted(PROJECTORS)}"),
+        "perceiver_num_latents": positive,
+        "pixel_shuffle_factor": positive,
+        "image_position": (lambda v: v is None or v in IMAGE_POSITIONS, f"one of {IMAGE_POSITIONS} or null"),
+        "max_tiles": optional_positive,
+        "max_image_tokens": optional_positive,
+        "llm_top_k_blocks": (lambda v: v >= 0, ">= 0"),
+        "lora_r": (lambda v: v >= 0, ">= 0 (0 turns LoRA off)"),
+        "lora_alpha": positive,
+        "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+        "lora_target_modules": (lambda v: len(v) > 0, f"a non-empty list of module names, e.g. {LLM_LINEAR_NAMES}"),
+        "dtype": (lambda v: v in ("float32", "bfloat16", "float16"), "float32, bfloat16 or float16"),
+        "max_train_samples": optional_positive,
+        "max_eval_samples": optional_positive,
+        "max_skip_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+        "too_long": (lambda v: v in TOO_LONG_POLICIES, f"one of {TOO_LONG_POLICIES}"),
+    }
+
+
+def check_values(model_args, data_args) -> None:
+    rules = value_rules()
+    for cfg in (model_args, data_args):
+        for key in rules.keys() & {f.name for f in dataclasses.fields(cfg)}:
+            allowed, what = rules[key]
+            if not allowed(getattr(cfg, key)):
+                raise ValueError(f"Recipe key {key!r} must be {what}, got {getattr(cfg, key)!r}.")
+
+
+def normalise_resume(training_args) -> None:
+    """YAML `resume_from_checkpoint: true` is a bool where TrainingArguments types a str: the same as the flag's
+    "true" (the newest whole checkpoint); `false` is unset."""
+    if isinstance(training_args.resume_from_checkpoint, bool):
+        training_args.resume_from_checkpoint = "true" if training_args.resume_from_checkpoint else None
+
+
 def check_recipe(model_args, data_args, training_args) -> None:
     """Every key does what it says or is refused here, naming the key and the fix."""
+    normalise_resume(training_args)
     check_types(model_args, data_args, training_args)
+    check_values(model_args, data_args)
     if not data_args.datasets:
         raise ValueError("The recipe lists no `datasets`; add e.g. `datasets: [{path: data/synthetic}]`.")
     check_mixture(data_args)
-    if data_args.too_long not in TOO_LONG_POLICIES:
-        raise ValueError(f"Recipe key 'too_long' must be one of {TOO_LONG_POLICIES}, got {data_args.too_long!r}.")
     if training_args.packing and training_args.packing_strategy not in ("bfd", "bfd_split"):
         raise ValueError(
             f"Recipe key 'packing_strategy: {training_args.packing_strategy}' is not supported: our collator packs "

@@ -158,7 +158,11 @@ def build_model(args: ModelArguments, training_args: SFTConfig):
         )
         device_map = "cpu" if training_args.use_cpu else {"": int(os.environ.get("LOCAL_RANK", 0))}
         model = MiniLlavaForConditionalGeneration.from_pretrained(
-            args.init_from, dtype=dtype, quantization_config=quant, device_map=device_map
+            args.init_from,
+            dtype=dtype,
+            quantization_config=quant,
+            device_map=device_map,
+            attn_implementation=args.attn_implementation,
         )
     elif args.init_from:
         model = MiniLlavaForConditionalGeneration.from_pretrained(

@@ -185,6 +185,16 @@ def bad_recipe(tmp_path, **changes) -> str:
         ({"lora_rank": 8}, ValueError, ["Unknown recipe keys", "'lora_rank'"]),
         ({"lora_r": "eight"}, ValueError, ["lora_r", "eight"]),
         ({"lora_r": [8]}, ValueError, ["lora_r"]),
+        ({"lora_r": -1}, ValueError, ["Recipe key 'lora_r' must be >= 0 (0 turns LoRA off), got -1"]),
+        ({"lora_dropout": 1.5}, ValueError, ["'lora_dropout' must be in [0, 1), got 1.5"]),
+        ({"lora_alpha": 0}, ValueError, ["'lora_alpha' must be > 0, got 0"]),
+        ({"lora_target_modules": []}, ValueError, ["'lora_target_modules' must be a non-empty list"]),
+        ({"projector_type": "mlp"}, ValueError, ["'projector_type' must be one of", "'mlp2x_gelu'", "got 'mlp'"]),
+        ({"image_position": "suffix"}, ValueError, ["'image_position' must be one of ('prefix', 'user_turn')"]),
+        ({"max_tiles": 0}, ValueError, ["'max_tiles' must be > 0 or null, got 0"]),
+        ({"dtype": "fp8"}, ValueError, ["'dtype' must be float32, bfloat16 or float16, got 'fp8'"]),
+        ({"max_skip_fraction": 2}, ValueError, ["'max_skip_fraction' must be in [0, 1], got 2"]),
+        ({"llm_top_k_blocks": -2}, ValueError, ["'llm_top_k_blocks' must be >= 0, got -2"]),
         ({"datasets": []}, ValueError, ["datasets"]),
         ({"vision_name": None, "llm_name": None}, ValueError, ["init_from", "vision_name", "llm_name"]),
         ({"llm_name": None}, ValueError, ["init_from", "llm_name"]),
@@ -203,6 +213,14 @@ def test_bad_recipes_fail_at_parse_time_naming_the_key(tmp_path, changes, error,
         recipes.parse_recipe([bad_recipe(tmp_path, **changes)])
     for name in names:
         assert name in str(info.value)
+
+
+@pytest.mark.parametrize("value, parsed", [(True, "true"), (False, None), ("true", "true"), ("o/ckpt-4", "o/ckpt-4")])
+def test_resume_from_checkpoint_reads_yaml_booleans(tmp_path, value, parsed):
+    """YAML `resume_from_checkpoint: true` is a bool where TrainingArguments types a str (once refused: "must be
+    str"); `false` is unset."""
+    _, _, training_args = recipes.parse_recipe([bad_recipe(tmp_path, resume_from_checkpoint=value)])
+    assert training_args.resume_from_checkpoint == parsed
 
 
 def test_missing_recipe_names_the_path(tmp_path):
@@ -485,9 +503,11 @@ def test_qlora_trains_on_cpu(full_run, write_recipe, synthetic, tmp_path):
         tmp_path, "qlora", init_from=init, vision_name=None, llm_name=None, llm_full=False, load_in_4bit=True,
         lora_r=8, lora_dropout=0.0, dtype="bfloat16", bf16=True, max_steps=2,  # as recipes/stage2_7b_qlora.yaml
         eval_strategy="steps", eval_steps=1,  # an eval (no_grad) forward between training steps: the CPU trap
+        attn_implementation="eager",  # not the default (sdpa): the 4-bit load once dropped the recipe's choice
     )  # fmt: skip
     model_args, _, training_args = recipes.parse_recipe([recipe])
     model, processor = build_model(model_args, training_args), recipes.build_processor(model_args)[0]
+    assert model.config._attn_implementation == model.config.text_config._attn_implementation == "eager"
     model = with_lora(model, model_args)
     inner = model.get_base_model().model
     for name in LLM_LINEAR_NAMES:
