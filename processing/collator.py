@@ -98,12 +98,11 @@ class MiniLlavaDataCollator:
     `position_ids` (transformers' `find_packed_sequence_indices`) only when the forward has NO cache, which the model
     ensures (without an attention_mask, position_ids turn its cache off; TRL passes `use_cache=False` anyway).
 
-    Dropped rows (never silently): a row is skipped, counted in `stats["skipped"][reason]` and logged once per reason
-    when it is too long (see above), its prompt is not a token prefix (`tokenization_mismatch`), no stop id ends an
-    assistant turn (`no_end_of_turn`), its images do not match its image parts (`image_count_mismatch`) or the template
-    fails (`render_error`). Rows with no assistant turn have all-masked labels: counted in `stats["all_masked"]` and
-    dropped too (they add no loss, and a batch of only such rows would give a NaN loss). A batch returns the rows that
-    are left (so its size may shrink); if none is left, or once `min_rows_before_check` rows were seen and more than
+    Dropped rows (never silently): a row that cannot train is skipped for one of the reasons in SKIP_HINTS (too
+    long, unreadable image, image-count mismatch, tokenization mismatch, ...), counted in `stats["skipped"][reason]`
+    and, for the first LOGGED_ROWS_PER_REASON rows of each reason, named in the log. Rows with no assistant turn are
+    counted in `stats["all_masked"]` and dropped too (a batch of only such rows would give a NaN loss). A batch
+    returns the rows that are left; if none is left, or once `min_rows_before_check` rows were seen and more than
     `max_skip_fraction` of them were dropped, a RuntimeError names the counts and the likely cause.
     Counters live in the process that runs the collator (each DataLoader worker has its own copy).
 

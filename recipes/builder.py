@@ -231,8 +231,9 @@ def lora_config(model, args: ModelArguments):
 
 
 def disable_bnb_cpu_repack(model) -> None:
-    """bitsandbytes 0.50 repacks 4-bit weights on the first CPU no_grad forward, after which training forwards
-    fail (STACK.md); turning the repack off keeps eval + train interleaving working on CPU."""
+    """bitsandbytes 0.50, on CPUs with AVX512-BF16, repacks 4-bit weights on the first no_grad forward; every later
+    training forward then fails ("a view of a leaf Variable that requires grad is being used in an in-place
+    operation"). Turning the repack off keeps eval + train interleaving working on CPU."""
     import bitsandbytes as bnb
 
     for module in model.modules():

@@ -44,8 +44,8 @@ REASONS = {  # = ABSTAIN_REASONS of the processor's remote code, which the page 
     "model_said_so": "the model said the answer is not in the image",
     "not_confident": "the model was not confident enough",
 }
-# The Hub's limits on the README front matter (huggingface/hub-docs, docs/hub/spaces-config-reference.md, and what
-# the Hub refuses on upload: a short_description over 60 characters).
+# The Hub's limits on the README front matter, and what the Hub refuses on upload (a short_description over 60
+# characters): https://github.com/huggingface/hub-docs/blob/main/docs/hub/spaces-config-reference.md
 HUB_COLORS = {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
 HUB_SDKS = {"gradio", "docker", "static"}
 HUB_SHORT_DESCRIPTION_MAX = 60

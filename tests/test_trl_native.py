@@ -103,7 +103,7 @@ def test_model_loss_ignores_placeholders_that_trls_collator_labels(build, train_
     "(trl/trainer/utils.py:1616-1627) runs the backbone and scores the collator's labels itself, so the "
     "model's own placeholder masking never runs and TRL's labels on placeholders are trained. With an image id "
     "outside the LM head (llama stand-in: id == vocab_size) the kernel scores those targets against logit 0 "
-    "(trl/kernels/chunked_logprob.py:252-254, target_logit initialised to zeros at :346). See /tmp/trl_notes.md.",
+    "(trl/kernels/chunked_logprob.py:252-254, target_logit initialised to zeros at :346).",
 )
 @pytest.mark.parametrize("llm", ["qwen2", "llama"])
 def test_sft_trainer_messages_form_training_loss_skips_placeholders(build, train_rows, tmp_path, llm):
