@@ -20,11 +20,12 @@ Writes to --output_dir: eval_results.json, predictions.jsonl (one line per quest
 - auc, cov@r, phi@c: metrics/selective_vqa on (confidence, raw score) over all rows; phi@c needs a threshold split.
 Confidence = exp(mean log-prob of the answer tokens, stop token excluded) from the raw logits (metrics/confidence.py).
 
-A row whose image cannot be decoded (corrupt or truncated file) does not stop the run: it is named in a log line and
-scored as a failure: empty answer, confidence 0, score and final score 0, no abstention (it made no decision: on an
-unanswerable row it lowers abstain recall and counts in hallucination_rate), error_tag `unreadable_image`, the
-decoder's message in `image_error`. It stays in every denominator above and is shown first in the gallery;
-counts.unreadable_images (threshold_unreadable_images for the threshold split) says how many.
+A row whose image cannot be decoded (corrupt, truncated or empty file), or whose images do not match its image parts,
+does not stop the run: it is named in a log line and scored as a failure: empty answer, confidence 0, score and final
+score 0, no abstention (it made no decision: on an unanswerable row it lowers abstain recall and counts in
+hallucination_rate), error_tag `unreadable_image` (or `image_count_mismatch`), the reason in `image_error`. It stays
+in every denominator above and is shown first in the gallery; counts.unreadable_images (threshold_unreadable_images
+for the threshold split) says how many.
 
 Predictions are appended to the .jsonl files batch by batch (flushed), each line final when written (the threshold
 split is generated first, so the threshold is known): a crash leaves every finished row on disk, and
@@ -46,7 +47,7 @@ from tqdm.auto import tqdm
 from data_scripts.manifest import code_version
 from data_scripts.schema import ABSTAIN_ANSWER, MANIFEST_NAME, load_dataset_dir, load_manifest
 from metrics.confidence import fit_abstain_threshold
-from metrics.gallery import plot_risk_coverage, render_gallery, select_failures
+from metrics.gallery import IMAGE_COUNT_MISMATCH, image_error_tag, plot_risk_coverage, render_gallery, select_failures
 from metrics.model_card import build_eval_results, push_model_card, write_model_card
 from metrics.scoring import build_records, compute_metrics, count_rows, per_question_type, user_turn
 from processing.image_loading import IMAGE_DECODE_ERRORS, load_images
@@ -160,17 +161,19 @@ def undecoded(ds):
     return ds.with_format("arrow")
 
 
-def read_images(values) -> tuple[list | None, str | None]:
-    """(PIL images, None) for one row's undecoded images, or (None, why) when one cannot be decoded."""
+def read_images(values, expected: int | None = None) -> tuple[list | None, str | None]:
+    """(PIL images, None) for one row's undecoded images, or (None, why) when one cannot be decoded or (`expected`:
+    the user turn's image parts) their number does not match: the processor would refuse the whole batch."""
     try:
-        if not values or any(v is None for v in values):
+        if values is None or any(v is None for v in values) or not (values or expected):
             raise ValueError(f"the row has no image ({values!r})")
         # The collator's decoding (open + full load), so a truncated file raises here and not inside the processor.
-        return load_images(values), None
-    except (
-        IMAGE_DECODE_ERRORS
-    ) as error:  # PIL names the in-memory file by address: dropped, so reruns write the same text
+        images = load_images(values)
+    except IMAGE_DECODE_ERRORS as error:  # PIL names the in-memory file by address: dropped, so reruns match
         return None, f"{type(error).__name__}: " + re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(error))
+    if expected is not None and len(images) != expected:
+        return None, f"{IMAGE_COUNT_MISMATCH}: {expected} image part(s) but {len(images)} image(s)"
+    return images, None
 
 
 @torch.no_grad()
@@ -185,15 +188,17 @@ def generate_batches(model, processor, ds, suffix: str, max_new_tokens: int, bat
             results = [{"answer": "", "confidence": 0.0, "num_tokens": 0, "image_error": None} for _ in rows["id"]]
             keep, images, texts = [], [], []
             for i, (row_id, values, messages) in enumerate(zip(rows["id"], rows["images"], rows["messages"])):
-                decoded, results[i]["image_error"] = read_images(values)
+                turn = user_turn(messages, suffix)
+                parts = sum(part.get("type") == "image" for part in turn["content"])
+                decoded, results[i]["image_error"] = read_images(values, expected=parts)
                 if decoded is None:
-                    tqdm.write(
-                        f"[eval] row {row_id!r}: unreadable image, scored as a failure ({results[i]['image_error']})"
-                    )
+                    error = results[i]["image_error"]
+                    tag = image_error_tag(error).replace("_", " ")
+                    tqdm.write(f"[eval] row {row_id!r}: {tag}, scored as a failure ({error})")
                     continue
                 keep.append(i)
                 images.append(decoded)
-                texts.append(processor.apply_chat_template([user_turn(messages, suffix)], add_generation_prompt=True))
+                texts.append(processor.apply_chat_template([turn], add_generation_prompt=True))
             if keep:
                 inputs = processor(images=images, text=texts, padding=True, padding_side="left", return_tensors="pt")
                 inputs = inputs.to(model.device)

@@ -16,10 +16,12 @@ from metrics.exact_match.exact_match import normalize_answer
 from metrics.selective_vqa.selective_vqa import risk_coverage_auc, risk_coverage_curve
 
 UNREADABLE_IMAGE = "unreadable_image"
+IMAGE_COUNT_MISMATCH = "image_count_mismatch"  # the collator's reason name for the same fault
 # Checked in this order, first match wins. Question types go before string heuristics: the skill that failed is
 # what the question asked for (a count of "3" that happens to equal some rendered quantity is a counting error).
 ERROR_TAGS = {
-    UNREADABLE_IMAGE: "the row's image could not be decoded (corrupt or truncated file): no answer, scored 0",
+    UNREADABLE_IMAGE: "the row's image could not be decoded (corrupt, truncated or empty file): no answer, scored 0",
+    IMAGE_COUNT_MISMATCH: "the row's images do not match its image parts (a data bug): no answer, scored 0",
     "hallucinated_answer": "an unanswerable question got an answer",
     "false_abstention": "an answerable question got an abstention (said, empty, or under the threshold)",
     "counting": "wrong count (question_type counting)",
@@ -46,10 +48,15 @@ def rendered_values(meta: dict) -> set[str]:
     return values
 
 
+def image_error_tag(image_error: str) -> str:
+    """The tag of a row left out of generation: a count mismatch, or an image that does not decode."""
+    return IMAGE_COUNT_MISMATCH if image_error.startswith(IMAGE_COUNT_MISMATCH) else UNREADABLE_IMAGE
+
+
 def tag_failure(record: dict, meta: dict | None = None) -> str:
     """The error-taxonomy tag (a key of ERROR_TAGS) of one failed record; meta = the row's parsed meta JSON."""
     if record.get("image_error"):
-        return UNREADABLE_IMAGE
+        return image_error_tag(record["image_error"])
     if not record["answerable"]:
         return "hallucinated_answer"
     if record["abstained"]:
@@ -68,7 +75,7 @@ def select_failures(records: list[dict], size: int) -> list[dict]:
     """The `size` worst failures: unreadable rows first (the data needs fixing before the numbers mean anything), then
     lowest final score, then most confident (confidently wrong first), then order."""
     failures = [r for r in records if r["final_score"] < 1.0]
-    key = lambda r: (r["error_tag"] != UNREADABLE_IMAGE, r["final_score"], -r["confidence"], r["index"])
+    key = lambda r: (not r.get("image_error"), r["final_score"], -r["confidence"], r["index"])
     return sorted(failures, key=key)[:size]
 
 
