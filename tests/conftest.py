@@ -106,3 +106,10 @@ def one_step_trainer(tmp_path):
                           data_collator=collator)  # fmt: skip
 
     return _build
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked distributed, browser, network or serving are slow too: `-m "not slow"` alone is the fast loop."""
+    for item in items:
+        if any(item.get_closest_marker(name) for name in ("distributed", "browser", "network", "serving")):
+            item.add_marker(pytest.mark.slow)

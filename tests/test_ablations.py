@@ -140,6 +140,7 @@ def quick_run(backbones, tmp_path_factory):
     return rc, out
 
 
+@pytest.mark.slow
 def test_quick_run_writes_a_valid_ablations_json(quick_run):
     rc, out = quick_run
     assert rc == 0, (out / "ablations.json").read_text()[-2000:]

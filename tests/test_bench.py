@@ -48,6 +48,7 @@ def test_interleave_alternates_order():
     assert [len(t) for t in times.values()] == [3, 3]
 
 
+@pytest.mark.slow
 def test_train_step(tmp_path):
     r = run(bench_train_step, tmp_path)["tiny"]
     assert r["same_initial_loss"], (r["initial_loss_ours"], r["initial_loss_llava"])
@@ -59,6 +60,7 @@ def test_train_step(tmp_path):
     assert 0 < r["trainable_params"] < r["total_params"]  # the frozen tower is out
 
 
+@pytest.mark.slow
 def test_overhead(tmp_path):
     r = run(bench_overhead, tmp_path)["tiny"]
     for key in ("ratio_ours_over_llm_plus_vision", "ratio_ours_over_llm", "vision_share_of_ours"):
@@ -66,6 +68,7 @@ def test_overhead(tmp_path):
     assert r["params"]["ours"] == r["params"]["llm"] + r["params"]["vision"] + r["params"]["projector"]
 
 
+@pytest.mark.slow
 def test_generate(tmp_path, backbones):
     r = run(bench_generate, tmp_path, "--backbones", os.path.dirname(backbones["llm-qwen2"]))
     assert r["outputs_identical"] is True and r["mismatched_rows"] == []
@@ -74,6 +77,7 @@ def test_generate(tmp_path, backbones):
     assert positive(r["batched"]["samples_per_s"]) and positive(r["one_by_one"]["samples_per_s"])
 
 
+@pytest.mark.slow
 def test_input_pipeline(tmp_path, backbones):
     r = run(bench_input_pipeline, tmp_path, "--backbones", os.path.dirname(backbones["llm-qwen2"]))["tiny"]
     assert positive(r["ratio_pipeline_over_train_step"])
@@ -111,6 +115,7 @@ def test_memory_plan_7b_untied_head():
     assert p["params"]["multi_modal_projector"] == 1152 * 3584 + 3584 + 3584 * 3584 + 3584
 
 
+@pytest.mark.slow
 def test_gpu_train_step_quick_runs_on_cpu(tmp_path):
     r = run(bench_gpu_train_step, tmp_path)
     assert r["device"] == "cpu" and r["mfu"] is None and r["peak_memory_gib"] is None

@@ -189,6 +189,7 @@ def assert_same_run(summary: dict, out: Path, reference: dict) -> None:
     assert [Path(c).name for c in checkpoints.list_checkpoints(str(out))] == whole_checkpoints(out)
 
 
+@pytest.mark.slow
 def test_reference_run_keeps_the_limit_and_saw_every_phase(reference):
     out, limit = reference["out"], reference["limit"]
     snapshots = reference["snapshots"]
@@ -207,6 +208,7 @@ def test_reference_run_keeps_the_limit_and_saw_every_phase(reference):
             checkpoints.COUNTERS_FILE.format(rank=0)} <= set(manifest["files"])  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", PHASES, ids=[name for name, _ in PHASES])
 def test_kill_at_every_phase_resumes_to_the_same_run(reference, phase, backbones, synthetic, caplog):
     name, resume_step = phase
@@ -222,6 +224,7 @@ def test_kill_at_every_phase_resumes_to_the_same_run(reference, phase, backbones
     assert_same_run(summary, out, reference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["optimizer.pt missing", "model.safetensors cut short"])
 def test_vouched_for_checkpoint_with_a_damaged_file_is_refused(reference, damage, backbones, synthetic, caplog):
     out = reference["folder"] / f"damaged-{damage.split('.')[0]}"
@@ -286,6 +289,7 @@ def room_before_optimizer(checkpoint: Path) -> int:
     return sum(-(-p.stat().st_size // 4096) * 4096 for p in files) + 2 * 4096
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ROOM_LEFT)
 def test_a_full_disk_names_itself_keeps_what_is_whole_and_resumes(reference, where, small_disk, backbones, synthetic):
     out = small_disk / "run"

@@ -62,6 +62,7 @@ def write_recipe(path, backbones, data, output_dir, **overrides) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_run_trains_on_the_good_rows_and_names_the_bad_ones(backbones, bad_data, tmp_path):
     out = tmp_path / "run"
     summary = recipes.run([write_recipe(tmp_path / "r.yaml", backbones, bad_data, out)])
@@ -76,6 +77,7 @@ def test_run_trains_on_the_good_rows_and_names_the_bad_ones(backbones, bad_data,
     assert "max_length=160" in next(r["detail"] for r in train["rows_dropped"] if r["reason"] == "too_long")
 
 
+@pytest.mark.slow
 def test_more_bad_rows_than_max_skip_fraction_refuse_the_run_before_any_model(
     backbones, bad_data, tmp_path, monkeypatch
 ):
@@ -137,6 +139,7 @@ def test_cache_writes_are_atomic_and_only_the_writer_writes(bad_data, tmp_path, 
     assert json.loads(cache.read_text()) == report  # the old file, whole
 
 
+@pytest.mark.slow
 def test_without_max_length_rows_beyond_the_llms_context_are_dropped(backbones, bad_data, tmp_path):
     """`max_length: null`: the LLM's own context (4096 for the tiny Qwen2) is the limit, so a 20,000-token row is
     dropped before training instead of allocating tens of GB at its first step."""
@@ -150,6 +153,7 @@ def test_without_max_length_rows_beyond_the_llms_context_are_dropped(backbones, 
     assert collator.check_row(row)[0] == "too_long"
 
 
+@pytest.mark.slow
 def test_the_recipes_max_length_and_too_long_policy_change_what_trains(backbones, bad_data, tmp_path):
     """The long row (row-150, its answer past max_length=160) is dropped with `too_long: skip` and trains, cut at
     max_length, with `too_long: truncate`: the data check, the counters and the losses all see the difference."""
@@ -167,6 +171,7 @@ def test_the_recipes_max_length_and_too_long_policy_change_what_trains(backbones
     assert runs["skip"]["losses"] != runs["truncate"]["losses"]
 
 
+@pytest.mark.slow
 def test_cached_verdicts_follow_the_anyres_budget(build, synthetic_set, tmp_path):
     """A verdict depends on how many placeholders a row takes: changing max_image_tokens checks the rows again."""
     from trl import SFTConfig

@@ -152,6 +152,7 @@ def test_resized_pixels_lose_the_answer_squashed_and_keep_it_in_tiles(built):
     assert seen == {"field_lookup", "ui_label"}
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_differs(built, tmp_path):
     _, manifest, rows = built
     again = make_synthetic.build_synthetic(

@@ -111,6 +111,7 @@ def test_dedup_drops_injected_cross_split_copy(built):
     assert dropped == {("train", "cross_split_exact_duplicate"): 1}
 
 
+@pytest.mark.slow
 def test_same_seed_same_fingerprint_other_seed_differs(built, tmp_path):
     _, manifest, _ = built
     again = make_synthetic.build_synthetic(str(tmp_path / "a"), n=N, seed=0, num_proc=1)  # other process count
@@ -121,6 +122,7 @@ def test_same_seed_same_fingerprint_other_seed_differs(built, tmp_path):
     assert make_synthetic.make_sample(0, 3)["image_sha256"] == make_synthetic.make_sample(0, 3)["image_sha256"]
 
 
+@pytest.mark.slow
 def test_cli_entry_point(tmp_path):
     out = tmp_path / "cli"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -103,6 +103,7 @@ def test_front_matter_is_what_the_hub_accepts():
         assert SpecifierSet(requires).contains(python), f"{name} needs Python {requires}; python_version is {python}"
 
 
+@pytest.mark.network
 def test_requirements_install_cpu_torch_in_a_fresh_venv(tmp_path):
     """requirements.txt + the front matter's gradio, resolved by pip for an empty venv of the Space's Python.
 
@@ -307,6 +308,7 @@ def test_the_verdict_says_how_the_image_was_split(app, build):
     assert f"Read as {anyres['rows']}×{anyres['cols']} tiles + an overview, {anyres['image_tokens']:,}" in line
 
 
+@pytest.mark.slow
 def test_client_gets_answer_confidence_and_named_outputs(client):
     from gradio_client import handle_file
 
@@ -323,6 +325,7 @@ def test_client_gets_answer_confidence_and_named_outputs(client):
     assert shown and abs(float(shown[1]) - 100 * details["confidence"]) <= 0.5 and "Answer found" in verdict
 
 
+@pytest.mark.slow
 def test_client_threshold_above_confidence_abstains_and_says_why(client):
     from gradio_client import handle_file
 
@@ -331,6 +334,7 @@ def test_client_threshold_above_confidence_abstains_and_says_why(client):
     assert details["reason_text"] == REASONS["not_confident"] in verdict and "threshold 100%" in verdict
 
 
+@pytest.mark.slow
 def test_client_model_saying_unanswerable_is_not_shown_as_a_confident_answer(client):
     from gradio_client import handle_file
 
@@ -362,6 +366,7 @@ BAD_INPUTS = {  # name -> (write the upload, "example" or None; question; thresh
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_client_bad_inputs_get_clear_messages_and_one_log_line(client, space, tmp_path, case):
     from gradio_client import handle_file
@@ -387,6 +392,7 @@ def test_client_bad_inputs_get_clear_messages_and_one_log_line(client, space, tm
     assert len(new_lines) == 1 and re.search(f"(?i)refused: .*{message}", new_lines[0]), new_lines
 
 
+@pytest.mark.slow
 def test_image_sources_are_upload_and_clipboard_only(app_url):
     config = httpx.get(f"{app_url}/config").json()
     image = next(c for c in config["components"] if c["props"].get("elem_id") == "image")
@@ -406,6 +412,7 @@ def test_large_images_are_downscaled_on_decode(app, tmp_path):
     assert decoded.size == (app.MAX_IMAGE_SIDE, 1024) and decoded.mode == "RGBA"
 
 
+@pytest.mark.slow
 def test_request_with_the_largest_image_stays_under_the_memory_budget(app, client, space, tmp_path):
     """Peak resident memory of the server during one request with a transparent PNG of MAX_IMAGE_PIXELS, measured by
     resetting the process's high-water mark (Linux /proc/PID/clear_refs) first."""
@@ -493,6 +500,7 @@ def model_pixels(processor, image) -> np.ndarray:
     return processor(images=[image], text=[processor.image_token], return_tensors="pt")["pixel_values"][0].numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PREVIEW_CASES)
 def test_model_sees_the_image_as_the_preview_shows_it(app, space_processor, preview_files, name):
     path, preview = preview_files[name]
@@ -505,6 +513,7 @@ def test_model_sees_the_image_as_the_preview_shows_it(app, space_processor, prev
     assert np.abs(plain.astype(int) - np.asarray(preview, dtype=int)).mean() > 30  # the case is not trivial
 
 
+@pytest.mark.slow
 def test_oversized_upload_is_refused_and_no_other_files_are_served(app_url, tmp_path):
     big = tmp_path / "big.png"
     big.write_bytes(b"\0" * (21 * 1024 * 1024))
@@ -523,6 +532,7 @@ def call_answer_raw(app_url: str, image_payload: dict) -> str:
     return httpx.get(f"{app_url}/gradio_api/call/answer/{event_id}", timeout=60).text
 
 
+@pytest.mark.slow
 def test_api_cannot_make_the_app_read_files_outside_its_uploads(app_url):
     with open(EXAMPLE, "rb") as f:
         uploaded = httpx.post(f"{app_url}/gradio_api/upload", files={"files": ("invoice.png", f, "image/png")}).json()
@@ -533,6 +543,7 @@ def test_api_cannot_make_the_app_read_files_outside_its_uploads(app_url):
         assert "event: error" in reply and "event: complete" not in reply, (path, reply)
 
 
+@pytest.mark.slow
 def test_twenty_concurrent_requests_are_all_answered(client):
     from gradio_client import handle_file
 
@@ -600,6 +611,7 @@ def answer_text(page) -> str:
     return page.locator("#answer textarea").input_value()
 
 
+@pytest.mark.browser
 def test_browser_example_click_runs_and_shows_an_answer(page, artefacts):
     click_example(page, 0)  # the invoice: fills the inputs AND runs
     wait_for_verdict(page, "Answer found")
@@ -613,6 +625,7 @@ def test_browser_example_click_runs_and_shows_an_answer(page, artefacts):
     assert screenshot.stat().st_size > 10_000
 
 
+@pytest.mark.browser
 def test_browser_clears_the_stale_result_on_upload_and_on_error(page):
     click_example(page, 0)
     wait_for_verdict(page, "Answer found")
@@ -629,6 +642,7 @@ def test_browser_clears_the_stale_result_on_upload_and_on_error(page):
     assert NOT_FOUND not in page.locator("#verdict").inner_text()
 
 
+@pytest.mark.browser
 def test_browser_shows_why_an_answer_is_withheld(page, artefacts):
     click_example(page, 2)  # the dialog: the tiny model's saved abstention answer
     wait_for_verdict(page, REASONS["model_said_so"])
@@ -658,6 +672,7 @@ def test_browser_shows_why_an_answer_is_withheld(page, artefacts):
     assert all(pixels <= 0 for pixels in overflow), overflow
 
 
+@pytest.mark.browser
 def test_browser_preview_is_what_the_model_gets(browser, app, space_processor, preview_files):
     """The browser's own rendering of each file (EXIF applied, transparency on the white page, 16 bits shown as 8)
     is the preview; the model's pixel_values for the app's decoded image must match it."""

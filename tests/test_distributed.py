@@ -381,6 +381,7 @@ def init_weights(tiny_run):
     return MiniLlavaForConditionalGeneration.from_pretrained(tiny_run.init).state_dict()
 
 
+@pytest.mark.distributed
 def test_ddp_shards_data_and_matches_a_single_process(tiny_run, single_run, init_weights, tmp_path):
     """recipes/accelerate/ddp.yaml on 2 CPU processes (gloo; accelerate picks MULTI_CPU from the recipe's use_cpu)."""
     out = tmp_path / "out"
@@ -397,6 +398,7 @@ def logits_of(model, batch) -> torch.Tensor:
         return model.eval()(**{k: v for k, v in batch.items() if k != "labels"}).logits
 
 
+@pytest.mark.distributed
 def test_deepspeed_zero3_shards_data_and_saves_a_whole_model(tiny_run, single_run, init_weights, tmp_path):
     """recipes/accelerate/deepspeed_zero3.yaml (ZeRO-3, recipes/deepspeed/zero3.json) on 2 CPU processes: the
     single-process result, saved as one whole model that reloads with the trained weights."""

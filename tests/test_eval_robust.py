@@ -108,6 +108,7 @@ class _Cases(HTMLParser):
             self.placeholders[self._case] = True
 
 
+@pytest.mark.slow
 def test_unreadable_rows_are_scored_as_failures_and_the_rest_as_usual(datasets_dirs, model_dir, tmp_path, capsys):
     clean_dir, bad_dir, bad_ids = datasets_dirs
     extra = ("--threshold_split", "validation")
@@ -173,6 +174,7 @@ def test_gallery_lists_unreadable_rows_first_with_a_placeholder():
     assert page.count('class="no-image"') == 1 and "OSError: &lt;broken&gt;" in page
 
 
+@pytest.mark.slow
 def test_a_crash_leaves_the_finished_rows_and_a_rerun_starts_over(datasets_dirs, model_dir, tmp_path, monkeypatch):
     clean_dir = datasets_dirs[0]
     out = tmp_path / "out"

@@ -67,6 +67,7 @@ def _jsonl(path):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_writes_every_artefact_with_provenance(evaluated, synthetic, model_dir):
     results, out = evaluated
     for name in ("eval_results.json", "predictions.jsonl", "threshold_predictions.jsonl", "failures.html"):
@@ -86,6 +87,7 @@ def test_writes_every_artefact_with_provenance(evaluated, synthetic, model_dir):
     assert results["counts"]["rows"] == N_SAMPLES and results["counts"]["threshold_rows"] == N_SAMPLES
 
 
+@pytest.mark.slow
 def test_predictions_match_dataset_rows(evaluated, synthetic):
     records = _jsonl(os.path.join(evaluated[1], "predictions.jsonl"))
     test = load_dataset_dir(synthetic[0])["test"].select(range(N_SAMPLES))
@@ -96,6 +98,7 @@ def test_predictions_match_dataset_rows(evaluated, synthetic):
     assert all(0.0 <= r["confidence"] <= 1.0 and r["answer_tokens"] <= 3 for r in records)
 
 
+@pytest.mark.slow
 def test_metrics_equal_recomputation_from_predictions(evaluated):
     results, out = evaluated
     records = _jsonl(os.path.join(out, "predictions.jsonl"))
@@ -132,6 +135,7 @@ def test_metrics_equal_recomputation_from_predictions(evaluated):
     assert {t: v["count"] for t, v in results["per_question_type"].items()} == dict(per_type)
 
 
+@pytest.mark.slow
 def test_threshold_fitted_on_heldout_and_saved_for_the_demo(evaluated, model_dir):
     results, out = evaluated
     fit_records = _jsonl(os.path.join(out, "threshold_predictions.jsonl"))
@@ -160,6 +164,7 @@ class _Cases(HTMLParser):
             self.ids.append(attrs["data-id"])
 
 
+@pytest.mark.slow
 def test_gallery_shows_the_selected_failures(evaluated):
     results, out = evaluated
     records = _jsonl(os.path.join(out, "predictions.jsonl"))
@@ -172,6 +177,7 @@ def test_gallery_shows_the_selected_failures(evaluated):
     assert results["failure_tags"] == dict(Counter(r["error_tag"] for r in records if r["error_tag"]))
 
 
+@pytest.mark.slow
 def test_model_card_has_the_eval_results(evaluated, model_dir):
     results, _ = evaluated
     card = ModelCard.load(os.path.join(model_dir, "README.md"))
@@ -183,6 +189,7 @@ def test_model_card_has_the_eval_results(evaluated, model_dir):
     assert values == pytest.approx(results["metrics"])
 
 
+@pytest.mark.slow
 def test_saved_threshold_is_used_by_default_and_yaml_recipe(evaluated, synthetic, model_dir, tmp_path):
     recipe = tmp_path / "eval.yaml"
     recipe.write_text(
@@ -207,6 +214,7 @@ def test_saved_threshold_is_used_by_default_and_yaml_recipe(evaluated, synthetic
             assert r["error_tag"] == "hallucinated_answer" and r["final_answer"] == r["answer"]
 
 
+@pytest.mark.slow
 def test_adapter_eval_saves_next_to_the_adapter(synthetic, model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText, AutoProcessor

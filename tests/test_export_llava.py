@@ -196,6 +196,7 @@ def test_tokenizer_adding_bos_by_default_still_gives_our_ids(exports, export_lla
     assert torch.equal(batch(AutoProcessor.from_pretrained(out))["input_ids"], batch(processor)["input_ids"])
 
 
+@pytest.mark.slow
 def test_cli_writes_the_same_export(exports, tmp_path):
     case = exports["clip-llama-prefix"]
     out = tmp_path / "cli"

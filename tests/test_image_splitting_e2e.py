@@ -98,6 +98,7 @@ def test_batched_generation_equals_one_by_one_with_mixed_grids(setup, side):
             assert together[row].tolist() == new[0].tolist(), row
 
 
+@pytest.mark.slow
 def test_remote_code_reload_in_a_fresh_process_gives_identical_outputs(setup, tmp_path, fresh_python):
     model, processor, images, texts = setup
     folder = tmp_path / "model"

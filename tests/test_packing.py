@@ -154,6 +154,7 @@ def test_sft_trainer_trains_a_packed_step_with_the_loss_of_each_sample_alone(bui
     assert not torch.equal(model.model.multi_modal_projector.linear_1.weight, projector)
 
 
+@pytest.mark.slow
 def test_bench_packing_quick_runs_the_same_work_three_ways(backbones, build, tmp_path):
     """The benchmark's three candidates (ours packed, ours padded, transformers' LlavaNext padded) start from the same
     loss on the same AnyRes rows (else its ratios mean nothing), and each row's image tokens are its images' grids."""

@@ -4,11 +4,13 @@ place of invoice.png) in a fresh process without the project importable, and pri
 import os
 import re
 
+import pytest
 import torch
 from PIL import Image, ImageDraw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HUB_ID = "your-org/minillava-qwen2.5-1.5b"
+pytestmark = pytest.mark.slow  # a fresh process loads the saved model
 
 
 def readme_snippet() -> str:

@@ -51,6 +51,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vision, llm, projector", [("siglip", "qwen2", "mlp2x_gelu"), ("clip", "llama", "perceiver")])
 def test_fresh_process_loads_remote_code_with_identical_outputs(build, tmp_path, fresh_python, vision, llm, projector):
     model, processor = build(vision, llm, projector_type=projector, perceiver_num_latents=8)

@@ -154,6 +154,7 @@ def test_stage1_builds_real_sizes_on_meta_with_only_the_projector_trainable(size
                     "lm_head": "TIED" if hidden == 1536 else "FROZEN"}  # fmt: skip  # 1.5B ties its head, 7B not
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", ["1.5b", "7b"])
 def test_stage1_builds_and_runs_with_tiny_backbones(size, backbones, synthetic):
     tiny = ["--vision_name", backbones["vision-siglip"], "--llm_name", backbones["llm-qwen2"]]  # CLI overrides
@@ -292,6 +293,7 @@ def test_train_plan_lora(build, write_recipe, tmp_path):
 # ---- determinism and resume -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_same_seed_same_losses_other_seed_differs(write_recipe, tmp_path):
     runs = {name: recipes.run([write_recipe(tmp_path, name, seed=seed)]) for name, seed in
             [("a", 0), ("b", 0), ("c", 1)]}  # fmt: skip
@@ -301,6 +303,7 @@ def test_same_seed_same_losses_other_seed_differs(write_recipe, tmp_path):
     assert losses["a"] != losses["c"]
 
 
+@pytest.mark.slow
 def test_sigkilled_run_resumes_bit_identically_skipping_half_written_checkpoints(full_run, write_recipe, tmp_path):
     recipe = write_recipe(tmp_path, "run", max_steps=8, save_strategy="steps", save_steps=2, seed=3)
     out = tmp_path / "run"
@@ -345,6 +348,7 @@ def test_sigkilled_run_resumes_bit_identically_skipping_half_written_checkpoints
 # ---- artefacts --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_full_checkpoints_are_whole_and_loadable(full_run, synthetic):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -363,6 +367,7 @@ def test_full_checkpoints_are_whole_and_loadable(full_run, synthetic):
     assert not torch.equal(logits["checkpoint-4"], logits["."])  # and step 4's weights are its own
 
 
+@pytest.mark.slow
 def test_every_saved_folder_carries_its_provenance(full_run, synthetic, backbones, fresh_python):
     import peft
     import transformers
@@ -427,6 +432,7 @@ def test_every_saved_folder_carries_its_provenance(full_run, synthetic, backbone
 # ---- LoRA and QLoRA ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_lora_save_load_merge_reproduces_logits(full_run, write_recipe, synthetic, tmp_path):
     from peft import PeftModel
 
@@ -455,6 +461,7 @@ def test_lora_save_load_merge_reproduces_logits(full_run, write_recipe, syntheti
     torch.testing.assert_close(logits_of(merged, batch), expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_lora_run_checkpoint_and_merged_folder(full_run, write_recipe, synthetic, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -495,6 +502,7 @@ def test_lora_run_checkpoint_and_merged_folder(full_run, write_recipe, synthetic
     )
 
 
+@pytest.mark.slow
 def test_qlora_trains_on_cpu(full_run, write_recipe, synthetic, tmp_path):
     import bitsandbytes as bnb
 
@@ -541,6 +549,7 @@ def test_qlora_trains_on_cpu(full_run, write_recipe, synthetic, tmp_path):
 # ---- logging ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mlflow_logs_into_the_run_folder(write_recipe, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 

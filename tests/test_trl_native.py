@@ -174,6 +174,7 @@ def grpo_run(build, train_rows, tmp_path_factory) -> dict:
     return {"trainer": trainer, "calls": calls, "completion_ids": seen, "processor": processor}
 
 
+@pytest.mark.slow
 def test_grpo_trainer_runs_two_steps_on_image_prompts(grpo_run):
     trainer, calls = grpo_run["trainer"], grpo_run["calls"]
     assert trainer.state.global_step == 2
@@ -191,6 +192,7 @@ def test_grpo_trainer_runs_two_steps_on_image_prompts(grpo_run):
     assert all(len(ids) > 0 for ids in grpo_run["completion_ids"])
 
 
+@pytest.mark.slow
 def test_grpo_prompts_reach_generate_without_padding_inside(grpo_run):
     """TRL tokenizes prompts with `processor.apply_chat_template(prompts, tokenize=True, return_dict=True)` and expects
     one unpadded id list per prompt (as LlavaProcessor returns), then left-pads them itself. Pad tokens with
@@ -260,6 +262,7 @@ def test_trl_console_script_forwards_our_flags_to_the_sft_script(monkeypatch, tm
     assert launched == {"script_name": "sft.py", "launch_args": [], "training_script_args": args}  # all flags known
 
 
+@pytest.mark.slow
 def test_trl_sft_script_trains_remote_code_folder_on_our_dataset(model_folder, synthetic, tmp_path, fresh_python):
     out, result = tmp_path / "sft_out", tmp_path / "child.json"
     # `load_dataset(folder)` reads EVERY *.arrow under a split folder, `.map` cache files included.
