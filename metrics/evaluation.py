@@ -13,10 +13,11 @@ Writes to --output_dir: eval_results.json, predictions.jsonl (one line per quest
   mean over ANSWERABLE rows: the field's definition, independent of the abstention threshold.
 - <metric>_after_abstention: the same rows scored on the final answer (an abstention is then a wrong answer).
 - <metric>_all_rows: raw answers over every row (an unanswerable row is right when the model said "unanswerable").
-- abstain_precision/recall/f1, hallucination_rate, abstain_rate: the final abstention decision (the model said the
-  abstention answer or nothing, or its confidence < threshold); only when the split has unanswerable rows.
-- model_abstain_precision/recall/f1, model_hallucination_rate: the same for the model's own abstentions alone (no
-  threshold): what training taught.
+- abstain_precision/recall/f1, hallucination_rate, answerable_abstain_rate (over-abstention), abstain_rate: the final
+  abstention decision (the model said the abstention answer or nothing, or its confidence < threshold); only when the
+  split has unanswerable rows.
+- model_abstain_precision/recall/f1, model_hallucination_rate, model_answerable_abstain_rate: the same for the
+  model's own abstentions alone (no threshold): what training taught.
 - auc, cov@r, phi@c: metrics/selective_vqa on (confidence, raw score) over all rows; phi@c needs a threshold split.
 Confidence = exp(mean log-prob of the answer tokens, stop token excluded) from the raw logits (metrics/confidence.py).
 

@@ -7,7 +7,16 @@ import json
 import os
 import sys
 
-FIELDS = ("exact_match", "model_abstain_f1", "model_hallucination_rate", "abstain_f1", "hallucination_rate", "auc")
+FIELDS = (
+    "exact_match",
+    "model_abstain_f1",
+    "model_hallucination_rate",
+    "model_answerable_abstain_rate",
+    "abstain_f1",
+    "hallucination_rate",
+    "answerable_abstain_rate",
+    "auc",
+)
 
 
 def stage_summary(out: str, stage: str) -> dict:

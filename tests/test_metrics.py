@@ -311,10 +311,17 @@ def test_selective_vqa_rejects_bad_inputs(kwargs, message):
 def test_abstention_worked_example():
     # abstained:  T  T  F  F  T
     # answerable: F  T  F  T  F   -> unanswerable are #0, #2, #4
-    # right abstentions #0, #4 = 2; abstained 3 -> precision 2/3; recall 2/3; F1 2/3; #2 answered -> 1/3
+    # right abstentions #0, #4 = 2; abstained 3 -> precision 2/3; recall 2/3; F1 2/3; #2 answered -> 1/3;
+    # answerable #1, #3, of which #1 abstained on -> over-abstention 1/2
     result = abstention_scores([True, True, False, False, True], [False, True, False, True, False])
     assert result == pytest.approx(
-        {"abstain_precision": 2 / 3, "abstain_recall": 2 / 3, "abstain_f1": 2 / 3, "hallucination_rate": 1 / 3}
+        {
+            "abstain_precision": 2 / 3,
+            "abstain_recall": 2 / 3,
+            "abstain_f1": 2 / 3,
+            "hallucination_rate": 1 / 3,
+            "answerable_abstain_rate": 1 / 2,
+        }
     )
     via_load = load_metric("abstention").compute(
         predictions=[True, True, False, False, True], references=[False, True, False, True, False]
@@ -329,7 +336,10 @@ def test_abstention_undefined_ratios_are_zero():
         "abstain_recall": 0.0,
         "abstain_f1": 0.0,
         "hallucination_rate": 0.0,
+        "answerable_abstain_rate": 0.0,
     }
+    assert abstention_scores([True], [False])["answerable_abstain_rate"] == 0.0  # none answerable: 0, never NaN
+    assert abstention_scores([True, False, True], [True, True, False])["answerable_abstain_rate"] == 0.5
     # Never abstaining on unanswerable questions: everything hallucinated.
     assert abstention_scores([False, False], [False, True])["hallucination_rate"] == 1.0
     with pytest.raises(ValueError, match="2 abstention flags but 1"):

@@ -13,9 +13,10 @@ Abstention is the positive class. With A = abstained and U = the question is una
 - abstain_recall    = |A and U| / |U|      (of the unanswerable questions, the share abstained on)
 - abstain_f1        = harmonic mean of the two
 - hallucination_rate = |not A and U| / |U| (unanswerable questions that got an answer; = 1 - recall)
+- answerable_abstain_rate = |A and not U| / |not U| (over-abstention: answerable questions abstained on)
 Undefined ratios are 0, never NaN: precision when nothing was abstained on, recall and hallucination_rate when no
-question is unanswerable, F1 when precision + recall = 0. Same convention as sklearn's zero_division=0.
-Over-abstention on answerable questions shows up as lower precision.
+question is unanswerable, answerable_abstain_rate when none is answerable, F1 when precision + recall = 0. Same
+convention as sklearn's zero_division=0.
 
 `is_abstention(answer)` turns generated answers into the boolean `predictions`: it compares with the project's
 abstention answer "unanswerable" after case-folding and stripping whitespace and trailing ". ! ?" (so
@@ -27,11 +28,12 @@ Args:
     predictions (list[bool]): True where the model abstained.
     references (list[bool]): True where the question is answerable (the gold label).
 Returns:
-    abstain_precision, abstain_recall, abstain_f1, hallucination_rate (floats in [0, 1]).
+    abstain_precision, abstain_recall, abstain_f1, hallucination_rate, answerable_abstain_rate (floats in [0, 1]).
 Example:
     >>> metric = evaluate.load("metrics/abstention")
-    >>> metric.compute(predictions=[True, True, False, False], references=[False, True, False, True])
-    {'abstain_precision': 0.5, 'abstain_recall': 0.5, 'abstain_f1': 0.5, 'hallucination_rate': 0.5}
+    >>> metric.compute(predictions=[True, True, False, False, False], references=[False, True, False, True, True])
+    {'abstain_precision': 0.5, 'abstain_recall': 0.5, 'abstain_f1': 0.5, 'hallucination_rate': 0.5,
+     'answerable_abstain_rate': 0.3333333333333333}
 """
 
 # The project's abstention answer and rule, copied from the processor's remote code (this file stands alone).
@@ -73,6 +75,9 @@ def abstention_scores(abstained: list[bool], answerable: list[bool]) -> dict[str
         "abstain_recall": recall,
         "abstain_f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
         "hallucination_rate": _ratio(hallucinations, sum(unanswerable)),
+        "answerable_abstain_rate": _ratio(
+            sum(a and not u for a, u in zip(abstained, unanswerable)), unanswerable.count(False)
+        ),
     }
 
 
