@@ -3,6 +3,7 @@
 
     python -m data_scripts.make_synthetic --out DIR --n 500 --seed 0
     python -m data_scripts.make_synthetic --out DIR --n 2000 --variant highres --tile_size 384
+    python -m data_scripts.make_synthetic --out DIR --n 1000 --variant contrastive
 """
 
 import argparse
@@ -29,7 +30,9 @@ from data_scripts.synth_ui import render_dialog, render_login, render_menu, rend
 
 SOURCE = "synthetic"
 HIGHRES_SOURCE = "synthetic_highres"
-VARIANTS = ("standard", "highres")
+CONTRASTIVE_SOURCE = "synthetic_contrastive"
+VARIANTS = ("standard", "highres", "contrastive")
+TWIN_DRAWS = 60  # renders of one kind searched for a question asked of both twins (found within ~5 in practice)
 DOC_KINDS = {
     "invoice": render_invoice,
     "receipt": render_receipt,
@@ -164,6 +167,35 @@ def make_highres_sample(
     return _checked_row(HIGHRES_SOURCE, seed, index, kind, fields, candidate, sheet.encode(), meta)
 
 
+def make_contrastive_pair(seed: int, pair: int) -> list[dict]:
+    """Two rows of one kind asking the same question: the asked field is rendered in one image and absent from its
+    twin. Over the variant every question text is unanswerable exactly half the time, so the wording alone cannot tell
+    whether to abstain; only the image can."""
+    rng = random.Random(f"{seed}:{pair}:contrastive")
+    kind = rng.choice(sorted(KINDS))
+    answerable, unanswerable = {}, {}  # question -> (draw, candidate)
+    for draw in range(TWIN_DRAWS):
+        draw_rng = random.Random(f"{seed}:{pair}:contrastive:{draw}")
+        canvas, fields, candidates = KINDS[kind](draw_rng)
+        fields["doc_type"] = kind
+        for candidate in candidates:
+            side = unanswerable if candidate[0] == "unanswerable" else answerable
+            side.setdefault(candidate[1], ((draw_rng, canvas, fields), candidate))
+        both = sorted(answerable.keys() & unanswerable.keys())
+        if both:
+            question = rng.choice(both)
+            break
+    else:
+        raise AssertionError(f"pair {pair} ({kind}): no question asked of both twins in {TWIN_DRAWS} renders")
+    rows = []
+    for twin, ((draw_rng, canvas, fields), candidate) in enumerate((answerable[question], unanswerable[question])):
+        image = finish(canvas, draw_rng, rotate=kind in DOC_KINDS)
+        meta = {"texts": canvas.texts, "variant": "contrastive", "pair": pair}
+        row = _checked_row(CONTRASTIVE_SOURCE, seed, 2 * pair + twin, kind, fields, candidate, encode_png(image), meta)
+        rows.append({**row, "split": split_of(seed, pair)})  # twins share a split
+    return rows
+
+
 def content_key(row) -> str:
     """Identity of what a synthetic image shows (kind + rendered fields), independent of noise and rotation."""
     meta = json.loads(row["meta"])
@@ -179,17 +211,43 @@ def _make_sample_star(job):
 def generate_rows(n: int, seed: int, num_proc: int, unanswerable_share: float, variant: str, tile_size: int):
     if variant == "highres":
         jobs = [(make_highres_sample, (seed, i, unanswerable_share, tile_size)) for i in range(n)]
+    elif variant == "contrastive":
+        jobs = [(make_contrastive_pair, (seed, pair)) for pair in range(n // 2)]
     else:
         jobs = [(make_sample, (seed, i, unanswerable_share)) for i in range(n)]
+
+    def rows(results):  # a contrastive job renders a pair of rows
+        for result in tqdm(results, total=len(jobs), desc="synthetic", unit="job"):
+            yield from result if isinstance(result, list) else [result]
+
     if num_proc <= 1:
-        yield from tqdm(map(_make_sample_star, jobs), total=n, desc="synthetic", unit="img")
+        yield from rows(map(_make_sample_star, jobs))
         return
     with multiprocessing.get_context("spawn" if os.name == "nt" else "fork").Pool(num_proc) as pool:
-        yield from tqdm(pool.imap(_make_sample_star, jobs, chunksize=16), total=n, desc="synthetic", unit="img")
+        yield from rows(pool.imap(_make_sample_star, jobs, chunksize=16))
+
+
+def whole_pairs(splits: dict) -> dict:
+    """Contrastive: drop a twin whose partner was removed (deduplication), so every question stays at 50/50."""
+    out = {}
+    for name, ds in splits.items():
+        pairs = Counter(json.loads(m)["pair"] for m in ds["meta"])
+        keep = [i for i, m in enumerate(ds["meta"]) if pairs[json.loads(m)["pair"]] == 2]
+        out[name] = ds.select(keep) if len(keep) < len(ds) else ds
+    return out
 
 
 def _variant_extra(variant: str, tile_size: int, splits: dict) -> dict:
-    """Manifest keys of the highres variant: image sizes, the text plan per kind, rows per task."""
+    """Manifest keys of the highres variant (image sizes, the text plan per kind, rows per task) and of the
+    contrastive one (pairs, and the largest share of unanswerable rows among the rows asking one question)."""
+    if variant == "contrastive":
+        asked = {}
+        for ds in splits.values():
+            for row in ds.select_columns(["messages", "answerable"]):
+                asked.setdefault(row["messages"][0]["content"][-1]["text"], []).append(not row["answerable"])
+        prior = max(sum(flags) / len(flags) for flags in asked.values())
+        pairs = sum(len(ds) for ds in splits.values()) // 2
+        return {"variant": variant, "pairs": pairs, "questions": len(asked), "max_question_unanswerable_share": prior}
     if variant != "highres":
         return {}
     plans = {kind: text_plan(kind, tile_size) for kind in sorted(HIGHRES_KINDS)}
@@ -253,6 +311,8 @@ def build_synthetic(
         # the phash-near pairs across splits are still counted, for the record.
         _, template_near = dedup_splits(splits)
         splits, deduped = dedup_splits(splits, near_key=content_key)
+        if variant == "contrastive":
+            splits = whole_pairs(splits)
         kinds = Counter(json.loads(m)["kind"] for ds in splits.values() for m in ds["meta"])
         extra = {
             "n_requested": n,
@@ -263,7 +323,7 @@ def build_synthetic(
             "abstain_answer": ABSTAIN_ANSWER,
             **_variant_extra(variant, tile_size, splits),
         }
-        converter = HIGHRES_SOURCE if variant == "highres" else SOURCE
+        converter = {"highres": HIGHRES_SOURCE, "contrastive": CONTRASTIVE_SOURCE}.get(variant, SOURCE)
         manifest = build_manifest(
             splits=splits,
             source="data_scripts.make_synthetic",
@@ -291,7 +351,9 @@ def main(argv=None):
         "--variant",
         choices=VARIANTS,
         default="standard",
-        help="highres: A4 pages, wide dashboards and tall phone screens whose answers are in small text",
+        help="highres: A4 pages, wide dashboards and tall phone screens whose answers are in small text; "
+        "contrastive: pairs of one kind and question, the asked field rendered in one image and absent from its twin "
+        "(an evaluation set where the wording alone cannot predict abstention)",
     )
     p.add_argument(
         "--tile_size",

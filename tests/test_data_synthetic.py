@@ -147,3 +147,34 @@ def test_cli_entry_point(tmp_path):
     )
     m = load_manifest(str(out))
     assert m["seed"] == 3 and sum(c["rows"] for c in m["splits"].values()) == 30
+
+
+@pytest.fixture(scope="module")
+def contrastive(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("contrastive") / "set")
+    manifest = make_synthetic.build_synthetic(out, n=80, seed=3, variant="contrastive")
+    return manifest, load_dataset_dir(out)
+
+
+def test_contrastive_twins_ask_one_question_of_two_images_one_without_the_field(contrastive):
+    """The wording alone cannot predict abstention: each question is unanswerable for exactly half its rows."""
+    manifest, dd = contrastive
+    rows = [row for split in dd.values() for row in split]
+    assert len(rows) == 80 and manifest["pairs"] == 40 and manifest["max_question_unanswerable_share"] == 0.5
+    pairs, asked = {}, {}
+    for row in rows:
+        assert not validate_row(row)
+        pairs.setdefault(json.loads(row["meta"])["pair"], []).append(row)
+        asked.setdefault(row["messages"][0]["content"][-1]["text"], []).append(not row["answerable"])
+    assert {q: sum(f) / len(f) for q, f in asked.items()} == dict.fromkeys(asked, 0.5)
+    assert len(asked) >= 10  # many templates' questions, not one
+    for twins in pairs.values():
+        assert len(twins) == 2
+        a, u = sorted(twins, key=lambda r: not r["answerable"])
+        a_meta, u_meta = (json.loads(r["meta"]) for r in (a, u))
+        assert a["messages"][0]["content"] == u["messages"][0]["content"] and a["split"] == u["split"]
+        assert a_meta["kind"] == u_meta["kind"] and a["images"][0] != u["images"][0]
+        assert a["answerable"] and not u["answerable"] and u["question_type"] == "unanswerable"
+        derive = make_synthetic.derive_answer
+        assert derive(u_meta["fields"], "unanswerable", u_meta["evidence"]) == ABSTAIN_ANSWER  # absent in the twin
+        assert derive(a_meta["fields"], a["question_type"], a_meta["evidence"]) == a["answers"][0]
