@@ -14,16 +14,16 @@ from collections.abc import Callable
 import torch
 import transformers
 
-from data_scripts.manifest import machine_info as manifest_machine_info
+from data_scripts.run_metadata import machine_info as run_machine_info
 
 NO_GPU_NOTE = "no GPU figure exists yet: no GPU was lent to the session that produced these results"
 
 
 def machine_info() -> dict:
-    """data_scripts.manifest's machine record (the one runs and reports use) + what a benchmark also wants: the
+    """data_scripts.run_metadata's machine record (the one runs and reports use) + what a benchmark also wants: the
     platform strings, library versions and the load average at the start."""
     info = {
-        **manifest_machine_info(),
+        **run_machine_info(),
         "platform_processor": platform.processor(),
         "machine": platform.machine(),
         "torch": torch.__version__,

@@ -32,8 +32,13 @@ def new_image_newline(hidden_size: int, dtype) -> nn.Parameter:
 
 
 def portable_name(name_or_path: str) -> str:
-    """A Hub id as given; a local folder by its name (an absolute path means nothing on another machine)."""
-    return os.path.basename(os.path.normpath(name_or_path)) if os.path.isdir(name_or_path) else name_or_path
+    """How saved files name a model or dataset they came from, never by an absolute path of this machine: a Hub id or
+    a relative path as given; an absolute path relative to the working directory when it lies below it (e.g.
+    outputs/offline/stage1 from the repo root), else by its folder name: one rule for configs, cards and records."""
+    if not name_or_path or not os.path.isabs(name_or_path):
+        return name_or_path
+    relative = os.path.relpath(name_or_path)
+    return relative if not relative.startswith("..") else os.path.basename(os.path.normpath(name_or_path))
 
 
 def check_slots_per_image(mask: torch.Tensor, lengths: list[int], image_token_id: int) -> None:
@@ -386,7 +391,7 @@ class MiniLlavaForConditionalGeneration(MiniLlavaPreTrainedModel, GenerationMixi
         model.generation_config = llm.generation_config  # the LLM's stop tokens (e.g. Qwen's <|im_end|>)
         model.config.text_config = llm.config
         model.config.vision_config = vision_tower.config
-        # Saved configs name their sources portably: a Hub id as given, a local folder by its name only.
+        # Saved configs name their sources portably (no absolute path of this machine).
         model.config.text_config._name_or_path = portable_name(llm_name_or_path)
         model.config.vision_config._name_or_path = portable_name(vision_name_or_path)
         model.config._name_or_path = ""

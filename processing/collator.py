@@ -344,16 +344,12 @@ class MiniLlavaDataCollator:
         return batch
 
     def _tokenize(self, text: str, counts: list[int] | None = None) -> list[int]:
-        """Ids of `text` with its image tokens expanded: the k-th to counts[k] placeholders (AnyRes), else to the
-        processor's num_image_tokens each. The chat template holds the special tokens, so none are added."""
-        if counts is None:
-            expanded = self.processor.expand_image_tokens(text)
-        else:
-            token = self.processor.image_token
-            parts = text.split(token)
-            if len(parts) - 1 > len(counts):  # never silently drop the text after an unplanned image
-                raise _SkipRow("image_count_mismatch", f"{len(parts) - 1} image part(s) but {len(counts)} image(s)")
-            expanded = parts[0] + "".join(token * n + part for n, part in zip(counts, parts[1:]))
+        """Ids of `text` with its image tokens expanded by the processor: the k-th to counts[k] placeholders (AnyRes),
+        else to num_image_tokens each. The chat template holds the special tokens, so none are added."""
+        try:
+            expanded = self.processor.expand_image_tokens(text, counts=counts)
+        except ValueError as error:
+            raise _SkipRow("image_count_mismatch", str(error)) from None
         return self.processor.tokenizer(expanded, add_special_tokens=False)["input_ids"]
 
     def _render(self, messages, add_generation_prompt: bool) -> str:

@@ -253,18 +253,23 @@ class MiniLlavaProcessor(ProcessorMixin):
         data = process_on_canvases(self.image_processor, images, [canvas for canvas, _ in plan], **kwargs)
         return data, [self.image_token * n for _, n in plan]
 
-    def expand_image_tokens(self, text: str, image_sizes=None) -> str:
-        """`text` with each image token expanded to its placeholders (what `__call__` tokenizes): `num_image_tokens`
-        each, or with AnyRes the planned count of each image, whose (height, width) `image_sizes` then gives."""
-        if not self.anyres:
-            return text.replace(self.image_token, self.image_token * self.num_image_tokens)
-        if image_sizes is None or len(image_sizes) != text.count(self.image_token):
-            raise ValueError(
-                f"AnyRes expands each image by its size: pass image_sizes (one (height, width) per image token), got "
-                f"{image_sizes!r} for {text.count(self.image_token)} image tokens."
-            )
+    def expand_image_tokens(self, text: str, image_sizes=None, counts=None) -> str:
+        """`text` with its k-th image token expanded to counts[k] placeholders (what `__call__` tokenizes). Without
+        `counts`: `num_image_tokens` each, or with AnyRes each image's planned count, its (height, width) taken from
+        `image_sizes`. Extra counts are unused (the collator plans a whole row, then expands its prompt)."""
+        n_tokens = text.count(self.image_token)
+        if counts is None and not self.anyres:
+            counts = [self.num_image_tokens] * n_tokens
+        elif counts is None:
+            if image_sizes is None or len(image_sizes) != n_tokens:
+                raise ValueError(
+                    f"AnyRes expands each image by its size: pass image_sizes (one (height, width) per image token), "
+                    f"got {image_sizes!r} for {n_tokens} image tokens."
+                )
+            counts = [n for _, n in self.plan_canvases(image_sizes, [len(image_sizes)])]
+        if n_tokens > len(counts):  # never silently drop the text after an unplanned image
+            raise ValueError(f"{n_tokens} image token(s) in the text but {len(counts)} placeholder count(s).")
         parts = text.split(self.image_token)
-        counts = [n for _, n in self.plan_canvases(image_sizes, [len(image_sizes)])]
         return parts[0] + "".join(self.image_token * n + part for n, part in zip(counts, parts[1:]))
 
     def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs):

@@ -15,8 +15,9 @@ import yaml
 from trl import SFTConfig, TrlParser
 from trl.scripts.utils import DatasetMixtureConfig
 
+from processing.collator import TOO_LONG_POLICIES
+
 LLM_LINEAR_NAMES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-TOO_LONG_POLICIES = ("skip", "truncate")
 # TrainingArguments fields whose __post_init__ replaces the parsed value by another type (`fsdp: "full_shard"` ->
 # True), so their type hint no longer describes the value check_types sees; TrainingArguments validates them itself.
 CONVERTED_AFTER_PARSING = {"fsdp"}

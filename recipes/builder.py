@@ -17,7 +17,7 @@ from modeling_minillava import MiniLlavaConfig, MiniLlavaForConditionalGeneratio
 from processing import MiniLlavaProcessor
 from processing.collator import MiniLlavaDataCollator
 
-from .arguments import DataArguments, ModelArguments, check_local_paths
+from .arguments import DataArguments, ModelArguments, check_local_paths, parse_recipe
 from .checkpoints import CheckpointGuard, out_of_space, resolve_resume
 from .provenance import Provenance, save_artefacts, use_portable_names
 
@@ -312,7 +312,8 @@ def train(trainer: SFTTrainer) -> dict:
 
 
 def run(argv: list[str]) -> dict:
-    """`run_sft.py ARGV` as a function: parse the recipe, build the trainer, train and save."""
-    from .arguments import parse_recipe
-
-    return train(build_trainer(*parse_recipe(argv)))
+    """The training entry point (`python run_sft.py ARGV` is this): parse the recipe, log INFO on the main process
+    only, build the trainer, train and save; the summary."""
+    model_args, data_args, training_args = parse_recipe(argv)
+    logging.basicConfig(level=logging.INFO if training_args.process_index == 0 else logging.WARNING)
+    return train(build_trainer(model_args, data_args, training_args))

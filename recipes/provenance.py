@@ -13,7 +13,8 @@ import yaml
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import TrainerCallback
 
-from data_scripts.manifest import git_state, machine_info, package_versions
+from data_scripts.run_metadata import git_state, machine_info, package_versions
+from modeling_minillava.modeling_minillava import portable_name
 
 from .arguments import resolved_recipe
 
@@ -21,23 +22,13 @@ RECIPE_FILE, RUN_INFO_FILE, RESULTS_FILE = "recipe.yaml", "run_info.json", "trai
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def portable_reference(name_or_path: str) -> str:
-    """How saved artefacts name a model or dataset they came from, never by an absolute path of this machine: a Hub
-    id or a relative path as given; an absolute path relative to the launch directory when it lies below it (e.g.
-    outputs/offline/stage1 from the repo root), else by its folder name. PEFT (adapter_config.json's
-    base_model_name_or_path, read by AutoPeftModelForCausalLM) resolves a local name against the cwd, so an adapter
-    loads from the directory the run was launched from, or from the folder holding its base."""
-    if not name_or_path or not os.path.isabs(name_or_path):
-        return name_or_path
-    relative = os.path.relpath(name_or_path)
-    return relative if not relative.startswith("..") else os.path.basename(os.path.normpath(name_or_path))
-
-
 def use_portable_names(model) -> None:
     """The names `save_pretrained` copies into config.json (the sub-configs' `_name_or_path`: the backbones), into
-    adapter_config.json and into PEFT's and TRL's model cards (`base_model`: the model's `name_or_path`)."""
+    adapter_config.json and into PEFT's and TRL's model cards (`base_model`: the model's `name_or_path`). PEFT
+    (AutoPeftModelForCausalLM) resolves a local base name against the cwd, so an adapter loads from the directory the
+    run was launched from, or from the folder holding its base."""
     for config in (model.config, model.config.text_config, model.config.vision_config):
-        config.name_or_path = portable_reference(config.name_or_path)
+        config.name_or_path = portable_name(config.name_or_path)
     model.name_or_path = model.config.name_or_path
 
 
@@ -83,10 +74,10 @@ class Provenance(TrainerCallback):
             "git_commit": commit,
             "git_dirty": dirty,
             "base_models": base_models(margs),
-            "init_from": portable_reference(margs.init_from) if margs.init_from else None,
+            "init_from": portable_name(margs.init_from) if margs.init_from else None,
             "datasets": [
                 {
-                    "path": portable_reference(cfg.path),
+                    "path": portable_name(cfg.path),
                     "split": cfg.split,
                     "fraction": cfg.fraction,
                     "fingerprint": datasets.get(cfg.path),
@@ -136,7 +127,7 @@ def base_models(model_args) -> dict:
             with open(path) as f:
                 return json.load(f)["base_models"]
         return {"vision": None, "llm": None}  # a model from elsewhere: its card names its own base
-    return {"vision": portable_reference(model_args.vision_name), "llm": portable_reference(model_args.llm_name)}
+    return {"vision": portable_name(model_args.vision_name), "llm": portable_name(model_args.llm_name)}
 
 
 def summarize(trainer, result, resumed_from: str | None = None) -> dict:
@@ -286,7 +277,7 @@ def write_training_card(folder: str, model_id: str | None = None) -> str:
     recipe, info, results = read_records(folder)
     if not info:
         raise FileNotFoundError(f"{folder} has no {RUN_INFO_FILE}: it was not saved by run_sft.py.")
-    model_id = model_id or portable_reference(os.path.abspath(folder))
+    model_id = model_id or portable_name(os.path.abspath(folder))
     bases = info.get("base_models", {})
     path = os.path.join(folder, "README.md")
     old = ModelCard.load(path) if os.path.isfile(path) else None

@@ -58,7 +58,7 @@ from ablation_stats import (  # noqa: E402, F401
 )
 
 from data_scripts.make_tiny_backbones import IMAGE_SIZE as TINY_TILE  # noqa: E402  (the small text's tile size)
-from data_scripts.manifest import code_version, machine_info  # noqa: E402
+from data_scripts.run_metadata import code_version, machine_info  # noqa: E402
 
 # The explicit ablation budget: the smoke run's data (n=2000) and stage-1 schedule (4 epochs), stage 2 at half the
 # smoke's 8 epochs, so 7 arms x 3 seeds fit ~35 min on 2 quiet cores (smoke: 91 train samples/s). A first budget of

@@ -123,7 +123,7 @@ def tiny_backbones(smoke_dir: str | None) -> str:
 
 
 def render(abl_path, bench_dir, smoke_path, plots_dir: str, splitting_path: str | None = None) -> str:
-    from data_scripts.manifest import code_version
+    from data_scripts.run_metadata import code_version
 
     abl, smoke = load_json(abl_path), load_json(smoke_path)
     smoke_dir = os.path.dirname(os.path.abspath(smoke_path)) if smoke else None

@@ -33,15 +33,15 @@ def load_json(path: str | None):
 
 
 def short_version(version: str) -> str:
-    """data_scripts.manifest.code_version() shortened: 10 hex digits, '+dirty' kept."""
+    """data_scripts.run_metadata.code_version() shortened: 10 hex digits, '+dirty' kept."""
     commit, _, dirty = str(version).partition("+")
     return commit[:10] + (f"+{dirty}" if dirty else "")
 
 
 def machine_line(machine: dict | None = None) -> str:
-    """One line for a recorded machine (data_scripts.manifest.machine_info's fields), or this one when None."""
+    """One line for a recorded machine (data_scripts.run_metadata.machine_info's fields), or this one when None."""
     if machine is None:
-        from data_scripts.manifest import machine_info
+        from data_scripts.run_metadata import machine_info
 
         machine = machine_info()
     gpu = machine.get("gpu") or "no GPU"

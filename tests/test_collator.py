@@ -221,6 +221,16 @@ def test_image_count_mismatch_is_skipped(built):
     assert len(batch["input_ids"]) == 1 and collator.stats["skipped"] == {"image_count_mismatch": 1}
 
 
+def test_processor_expansion_takes_planned_counts_and_refuses_too_few(built):
+    _, processor = built()
+    token = processor.image_token
+    text = f"a{token}b{token}c"
+    assert processor.expand_image_tokens(text, counts=[2, 3, 9]) == f"a{token * 2}b{token * 3}c"
+    assert processor.expand_image_tokens(text) == text.replace(token, token * processor.num_image_tokens)
+    with pytest.raises(ValueError, match=r"2 image token\(s\) in the text but 1 placeholder count"):
+        processor.expand_image_tokens(text, counts=[2])
+
+
 def test_all_masked_rows_are_counted_and_dropped(built, caplog):
     _, processor = built()
     no_answer = {"id": "no-answer", "images": [image()], "messages": [user("What is the date?", 1)]}

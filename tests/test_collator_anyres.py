@@ -107,6 +107,24 @@ def test_batch_equals_the_processors_call_with_labels_exactly_the_answers(anyres
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
 
 
+def test_placeholders_come_from_the_processors_expansion(anyres, rows, monkeypatch):
+    """One implementation of placeholder expansion: the collator hands the row's planned counts to the processor's
+    expand_image_tokens and tokenizes what it returns."""
+    _, processor = anyres
+    expand, seen = type(processor).expand_image_tokens, []
+
+    def spy(self, text, **kwargs):
+        seen.append(kwargs.get("counts"))
+        return "!" + expand(self, text, **kwargs)
+
+    monkeypatch.setattr(type(processor), "expand_image_tokens", spy)
+    ids = MiniLlavaDataCollator(processor)(rows[:1])["input_ids"][0].tolist()
+    exclamation = processor.tokenizer("!", add_special_tokens=False)["input_ids"]
+    assert ids[: len(exclamation)] == exclamation
+    planned = [n for _, n in processor.plan_canvases([rows[0]["images"][0].size[::-1]])]
+    assert seen and all(counts == planned for counts in seen)
+
+
 def test_budget_shrinks_each_rows_grids_as_the_processor_does(build, images, caplog):
     model, processor = build(seed=2, max_tiles=4, max_image_tokens=400)
     page, screenshot = images["page"], images["screenshot"]

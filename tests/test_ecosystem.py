@@ -18,10 +18,10 @@ from data_scripts.schema import load_dataset_dir
 from metrics import evaluation
 from metrics.model_card import write_model_card
 from modeling_minillava import MiniLlavaForConditionalGeneration
+from modeling_minillava.modeling_minillava import portable_name
 from processing import MiniLlavaProcessor
 from processing.collator import MiniLlavaDataCollator
 from recipes.builder import lora_config
-from recipes.provenance import portable_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "What is the invoice total?"
@@ -161,6 +161,7 @@ def test_pipeline_batch_of_chats_matches_one_by_one(pipe, page, work):
 # ---- AutoPeftModelForCausalLM on a run_sft adapter ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stage2_adapter_config_is_causal_lm_with_a_portable_base(stage2):
     config = json.loads((stage2 / "adapter_config.json").read_text())
     assert config["task_type"] == "CAUSAL_LM"
@@ -174,6 +175,7 @@ def test_stage2_adapter_config_is_causal_lm_with_a_portable_base(stage2):
         assert json.loads((stage2 / name / "adapter_config.json").read_text()) == config
 
 
+@pytest.mark.slow
 def test_auto_peft_loads_the_stage2_adapter_like_peft_and_merged(stage2, model_dir, synthetic, monkeypatch):
     from peft import AutoPeftModelForCausalLM, PeftModel, PeftModelForCausalLM
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -224,14 +226,14 @@ def test_auto_peft_keeps_the_vocabulary_when_the_image_token_was_added(build, tm
 # ---- no absolute local path in saved configs and cards ----------------------------------------------------------
 
 
-def test_portable_reference(tmp_path, monkeypatch):
+def test_portable_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "outputs" / "stage1").mkdir(parents=True)
-    assert portable_reference(str(tmp_path / "outputs" / "stage1")) == "outputs/stage1"  # below the cwd
-    assert portable_reference("/elsewhere/models/stage1/") == "stage1"  # outside it: the folder name
-    assert portable_reference("outputs/stage1") == "outputs/stage1"  # relative: as the recipe gave it
-    assert portable_reference("Qwen/Qwen2.5-1.5B-Instruct") == "Qwen/Qwen2.5-1.5B-Instruct"  # a Hub id
-    assert portable_reference("") == ""  # from_backbones' top-level name
+    assert portable_name(str(tmp_path / "outputs" / "stage1")) == "outputs/stage1"  # below the cwd
+    assert portable_name("/elsewhere/models/stage1/") == "stage1"  # outside it: the folder name
+    assert portable_name("outputs/stage1") == "outputs/stage1"  # relative: as the recipe gave it
+    assert portable_name("Qwen/Qwen2.5-1.5B-Instruct") == "Qwen/Qwen2.5-1.5B-Instruct"  # a Hub id
+    assert portable_name("") == ""  # from_backbones' top-level name
 
 
 def test_saved_model_folder_names_no_local_path(model_dir, tmp_path_factory):
@@ -242,6 +244,7 @@ def test_saved_model_folder_names_no_local_path(model_dir, tmp_path_factory):
     assert names == ("llm-qwen2", "vision-siglip")  # local backbones by folder name
 
 
+@pytest.mark.slow
 def test_stage2_run_output_names_no_local_path(stage2, tmp_path_factory):
     # run_info.json is the run's own provenance record (the exact command, dataset and output folders of this
     # machine; tests/test_train.py pins them): it is not a config or card, and is left out.
@@ -256,6 +259,7 @@ def test_stage2_run_output_names_no_local_path(stage2, tmp_path_factory):
     assert merged["vision_config"]["_name_or_path"] == "vision-siglip"
 
 
+@pytest.mark.slow
 def test_run_eval_card_names_no_local_path(stage2, model_dir, synthetic, tmp_path, tmp_path_factory):
     from huggingface_hub import ModelCard
 
