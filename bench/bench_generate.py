@@ -32,8 +32,7 @@ def make_runner(model, batches, max_new_tokens: int, stops: list[int], outputs: 
     def run():
         outputs.clear()
         for inputs in batches:
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 use_cache=True)  # fmt: skip
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True)
             new = out[:, inputs["input_ids"].shape[1] :]  # both models return prompt + new tokens
             outputs.extend(until_stop(row, stops) for row in new)
 
@@ -58,19 +57,29 @@ def main(argv=None) -> dict:
     single = [prompt_inputs(processor, [row]) for row in rows]  # prompts built outside the timed region
     out_batched, out_single = [], []
     times = interleave(
-        {"batched": make_runner(model, batched, max_new, stops, out_batched),
-         "one_by_one": make_runner(model, single, max_new, stops, out_single)},
+        {
+            "batched": make_runner(model, batched, max_new, stops, out_batched),
+            "one_by_one": make_runner(model, single, max_new, stops, out_single),
+        },
         repeats,
         warmup=0 if args.quick else 1,
-    )  # fmt: skip
+    )
     identical = out_batched == out_single
     mismatches = [i for i, (a, b) in enumerate(zip(out_batched, out_single)) if a != b]
-    results = {"n": n, "batch_size": args.batch_size, "max_new_tokens": max_new, "greedy": True, "kv_cache": True,
-               "padding_side": "left", "model": "tiny SigLIP + tiny Qwen2 (random init, tests' backbones)",
-               "image_tokens": model.config.num_image_tokens,
-               "prompt_len_max": max(b["input_ids"].shape[1] for b in batched),
-               "mean_new_tokens": sum(map(len, out_batched)) / n,
-               "outputs_identical": identical, "mismatched_rows": mismatches}  # fmt: skip
+    results = {
+        "n": n,
+        "batch_size": args.batch_size,
+        "max_new_tokens": max_new,
+        "greedy": True,
+        "kv_cache": True,
+        "padding_side": "left",
+        "model": "tiny SigLIP + tiny Qwen2 (random init, tests' backbones)",
+        "image_tokens": model.config.num_image_tokens,
+        "prompt_len_max": max(b["input_ids"].shape[1] for b in batched),
+        "mean_new_tokens": sum(map(len, out_batched)) / n,
+        "outputs_identical": identical,
+        "mismatched_rows": mismatches,
+    }
     for name in ("batched", "one_by_one"):
         s = summarize(times[name])
         results[name] = {**s, "samples_per_s": n / s["median_s"]}
@@ -81,17 +90,33 @@ def main(argv=None) -> dict:
     print(f"Generation on {n} synthetic test rows, greedy, max_new_tokens={max_new}, KV cache:")
     print_table(
         ["mode", "batch", "total s", "samples/s", "n"],
-        [["batched", args.batch_size, results["batched"]["median_s"], results["batched"]["samples_per_s"],
-          results["batched"]["n"]],
-         ["one-by-one", 1, results["one_by_one"]["median_s"], results["one_by_one"]["samples_per_s"],
-          results["one_by_one"]["n"]],
-         ["batched/one-by-one", "", "", results["ratio_batched_over_one_by_one"], ""]],
-    )  # fmt: skip
-    print(f"outputs identical (batched vs one-by-one, up to the first stop token): {identical}"
-          + ("" if identical else f"; rows differing: {mismatches}"))  # fmt: skip
-    notes = ["prompt processing (images + template) is done before timing; only model.generate is timed",
-             "a random-init model: speed does not depend on the weights, but rows may stop early on a stop id "
-             "(mean_new_tokens says how many were generated)"]  # fmt: skip
+        [
+            [
+                "batched",
+                args.batch_size,
+                results["batched"]["median_s"],
+                results["batched"]["samples_per_s"],
+                results["batched"]["n"],
+            ],
+            [
+                "one-by-one",
+                1,
+                results["one_by_one"]["median_s"],
+                results["one_by_one"]["samples_per_s"],
+                results["one_by_one"]["n"],
+            ],
+            ["batched/one-by-one", "", "", results["ratio_batched_over_one_by_one"], ""],
+        ],
+    )
+    print(
+        f"outputs identical (batched vs one-by-one, up to the first stop token): {identical}"
+        + ("" if identical else f"; rows differing: {mismatches}")
+    )
+    notes = [
+        "prompt processing (images + template) is done before timing; only model.generate is timed",
+        "a random-init model: speed does not depend on the weights, but rows may stop early on a stop id "
+        "(mean_new_tokens says how many were generated)",
+    ]
     return finish("generate", args, machine, results, notes)
 
 

@@ -17,8 +17,18 @@ from bench.workloads import size_configs
 from modeling_minillava import MiniLlavaConfig, MiniLlavaForConditionalGeneration
 
 # Dense bf16 tensor-core peaks (vendor datasheets, TFLOP/s), matched in order against torch.cuda.get_device_name().
-PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4),
-                    ("A100", 312.0), ("L40S", 362.1), ("L4", 121.0), ("A10G", 70.0), ("A10", 125.0)]  # fmt: skip
+PEAK_BF16_TFLOPS = [
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),
+    ("H200", 989.4),
+    ("GH200", 989.4),
+    ("A100", 312.0),
+    ("L40S", 362.1),
+    ("L4", 121.0),
+    ("A10G", 70.0),
+    ("A10", 125.0),
+]
 
 
 def peak_tflops(device_name: str, override: float | None) -> float | None:
@@ -50,17 +60,22 @@ def make_batch(config, batch_size: int, seq_len: int, device, dtype, seed: int) 
     image_mask = torch.zeros(batch_size, seq_len, dtype=torch.bool)
     image_mask[:, 4 : 4 + n_img] = True
     size = config.vision_config.image_size
-    batch = {"input_ids": ids.masked_fill(image_mask, config.image_token_id),
-             "labels": ids.masked_fill(image_mask, -100),
-             "attention_mask": torch.ones_like(ids),
-             "pixel_values": torch.randn(batch_size, 3, size, size, generator=g).to(dtype)}  # fmt: skip
+    batch = {
+        "input_ids": ids.masked_fill(image_mask, config.image_token_id),
+        "labels": ids.masked_fill(image_mask, -100),
+        "attention_mask": torch.ones_like(ids),
+        "pixel_values": torch.randn(batch_size, 3, size, size, generator=g).to(dtype),
+    }
     return {k: v.to(device) for k, v in batch.items()}
 
 
 def matmul_params(module, trainable: bool | None = None) -> int:
     """Weights of the Linear layers in `module` (LoRA's A/B included), optionally only the (non-)trainable ones."""
-    return sum(m.weight.numel() for m in module.modules()
-               if isinstance(m, torch.nn.Linear) and trainable in (None, m.weight.requires_grad))  # fmt: skip
+    return sum(
+        m.weight.numel()
+        for m in module.modules()
+        if isinstance(m, torch.nn.Linear) and trainable in (None, m.weight.requires_grad)
+    )
 
 
 def model_flops_per_step(model, batch_size: int, seq_len: int, gradient_checkpointing: bool) -> tuple[int, int]:
@@ -77,8 +92,11 @@ def model_flops_per_step(model, batch_size: int, seq_len: int, gradient_checkpoi
     trainable_mm = matmul_params(base.model.language_model, True)
     attn = 4 * text.num_hidden_layers * text.hidden_size * seq_len
     patches = cfg.num_vision_tokens
-    vision_flops = batch_size * patches * (2 * matmul_params(base.model.vision_tower)
-                                           + 4 * vision.num_hidden_layers * vision.hidden_size * patches)  # fmt: skip
+    vision_flops = (
+        batch_size
+        * patches
+        * (2 * matmul_params(base.model.vision_tower) + 4 * vision.num_hidden_layers * vision.hidden_size * patches)
+    )
     projector = batch_size * cfg.num_image_tokens * 6 * matmul_params(base.model.multi_modal_projector, True)
     model_flops = vision_flops + projector + tokens * (4 * frozen_mm + 6 * trainable_mm + 3 * attn)
     recompute = tokens * (2 * (frozen_mm + trainable_mm) + attn) if gradient_checkpointing else 0
@@ -138,14 +156,25 @@ def main(argv=None) -> dict:
     s = summarize(times)
     model_flops, hw_flops = model_flops_per_step(model, batch_size, seq_len, ckpt)
     peak = peak_tflops(machine["gpu"] or "", args.peak_tflops) if cuda else None
-    results = {"device": machine["gpu"] or "cpu", "dtype": str(dtype), "llm": "tiny" if args.quick else args.llm,
-               "plan": f"stage 2: projector + LoRA r={args.lora_r}", "gradient_checkpointing": ckpt,
-               "batch_size": batch_size, "seq_len": seq_len, "trainable_params": trainable_params,
-               "step": s,
-               "samples_per_s": batch_size / s["median_s"], "tokens_per_s": batch_size * seq_len / s["median_s"],
-               "model_flops_per_step": model_flops, "hardware_flops_per_step": hw_flops,
-               "peak_bf16_tflops": peak, "mfu": None, "hfu": None,
-               "peak_memory_gib": torch.cuda.max_memory_allocated() / GIB if cuda else None}  # fmt: skip
+    results = {
+        "device": machine["gpu"] or "cpu",
+        "dtype": str(dtype),
+        "llm": "tiny" if args.quick else args.llm,
+        "plan": f"stage 2: projector + LoRA r={args.lora_r}",
+        "gradient_checkpointing": ckpt,
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "trainable_params": trainable_params,
+        "step": s,
+        "samples_per_s": batch_size / s["median_s"],
+        "tokens_per_s": batch_size * seq_len / s["median_s"],
+        "model_flops_per_step": model_flops,
+        "hardware_flops_per_step": hw_flops,
+        "peak_bf16_tflops": peak,
+        "mfu": None,
+        "hfu": None,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / GIB if cuda else None,
+    }
     if peak:
         results["mfu"] = model_flops / (s["median_s"] * peak * 1e12)
         results["hfu"] = hw_flops / (s["median_s"] * peak * 1e12)
@@ -154,12 +183,27 @@ def main(argv=None) -> dict:
         est = estimate(meta, module_params(meta), results["trainable_params"], batch_size, seq_len)
         results["estimated_peak_gib"] = est["lora"]["peak_gib"]
     print_machine(machine)
-    print_table(["device", "llm", "batch", "seq", "step s", "samples/s", "tokens/s", "peak GiB", "MFU", "HFU"],
-                [[results["device"], results["llm"], batch_size, seq_len, s["median_s"], results["samples_per_s"],
-                  results["tokens_per_s"], results["peak_memory_gib"] or "-", results["mfu"] or "-",
-                  results["hfu"] or "-"]])  # fmt: skip
-    notes = ["MFU = trainable-aware model FLOPs per step / (median step time * bf16 peak); see model_flops_per_step",
-             "quick mode: tiny configs on CPU in float32; no MFU or peak memory"]  # fmt: skip
+    print_table(
+        ["device", "llm", "batch", "seq", "step s", "samples/s", "tokens/s", "peak GiB", "MFU", "HFU"],
+        [
+            [
+                results["device"],
+                results["llm"],
+                batch_size,
+                seq_len,
+                s["median_s"],
+                results["samples_per_s"],
+                results["tokens_per_s"],
+                results["peak_memory_gib"] or "-",
+                results["mfu"] or "-",
+                results["hfu"] or "-",
+            ]
+        ],
+    )
+    notes = [
+        "MFU = trainable-aware model FLOPs per step / (median step time * bf16 peak); see model_flops_per_step",
+        "quick mode: tiny configs on CPU in float32; no MFU or peak memory",
+    ]
     return finish("gpu_train_step", args, machine, results, notes)
 
 

@@ -32,10 +32,13 @@ def model_and_processor(size: str, tiny_model, tiny_processor):
     model = build_minillava(vision, text)
     model.config.image_token_id = tiny_processor.image_token_id  # the tiny tokenizer's placeholder
     image_size = SIZES[size]["vision"]["image_size"]
-    processor = MiniLlavaProcessor(SiglipImageProcessorPil(size={"height": image_size, "width": image_size}),
-                                   tiny_processor.tokenizer, chat_template=tiny_processor.chat_template,
-                                   num_image_tokens=model.config.num_image_tokens,
-                                   image_token=tiny_processor.image_token)  # fmt: skip
+    processor = MiniLlavaProcessor(
+        SiglipImageProcessorPil(size={"height": image_size, "width": image_size}),
+        tiny_processor.tokenizer,
+        chat_template=tiny_processor.chat_template,
+        num_image_tokens=model.config.num_image_tokens,
+        image_token=tiny_processor.image_token,
+    )
     return model, processor
 
 
@@ -51,9 +54,12 @@ def bench_size(size: str, rows: list[dict], stops: list[int], tiny, repeats: int
 
     train_batch = collator(batches[0])
     times = interleave({"collate": collate, "train_step": make_train_step(model, train_batch)}, repeats, warmup=1)
-    out = {"batch_size": batch_size, "seq_len": train_batch["input_ids"].shape[1],
-           "image_size": SIZES[size]["vision"]["image_size"],
-           "image_tokens": model.config.num_image_tokens}  # fmt: skip
+    out = {
+        "batch_size": batch_size,
+        "seq_len": train_batch["input_ids"].shape[1],
+        "image_size": SIZES[size]["vision"]["image_size"],
+        "image_tokens": model.config.num_image_tokens,
+    }
     for name in ("collate", "train_step"):
         s = summarize(times[name])
         out[name] = {**s, "samples_per_s": batch_size / s["median_s"]}
@@ -79,14 +85,26 @@ def main(argv=None) -> dict:
         results[size] = bench_size(size, rows, stops, tiny, repeats, batch_size)
     print_machine(machine)
     print("Input pipeline (collator, one worker, in process) vs training step (forward + backward + AdamW):")
-    rows = [[size, r["batch_size"], r["image_size"], r["seq_len"], r["collate"]["samples_per_s"],
-             r["train_step"]["samples_per_s"], r["ratio_pipeline_over_train_step"], r["collate"]["n"]]
-            for size, r in results.items()]  # fmt: skip
+    rows = [
+        [
+            size,
+            r["batch_size"],
+            r["image_size"],
+            r["seq_len"],
+            r["collate"]["samples_per_s"],
+            r["train_step"]["samples_per_s"],
+            r["ratio_pipeline_over_train_step"],
+            r["collate"]["n"],
+        ]
+        for size, r in results.items()
+    ]
     print_table(["size", "batch", "image px", "seq", "collate samples/s", "step samples/s", "ratio", "n"], rows)
-    notes = ["collator input: canonical rows with PNG bytes (synthetic train split, 352-512 px renders), so the "
-             "timing includes PNG decoding, resizing and normalisation",
-             "train step trains everything but the frozen tower; a stage-1 (projector-only) step is faster, so the "
-             "pipeline has less headroom there; DataLoader workers run collators in parallel processes"]  # fmt: skip
+    notes = [
+        "collator input: canonical rows with PNG bytes (synthetic train split, 352-512 px renders), so the "
+        "timing includes PNG decoding, resizing and normalisation",
+        "train step trains everything but the frozen tower; a stage-1 (projector-only) step is faster, so the "
+        "pipeline has less headroom there; DataLoader workers run collators in parallel processes",
+    ]
     return finish("input_pipeline", args, machine, results, notes)
 
 

@@ -46,10 +46,17 @@ def bench_size(size: str, repeats: int, seed: int) -> dict:
         repeats,
         warmup=2,
     )
-    out = {"batch_size": batch["batch_size"], "seq_len": batch["seq_len"], "image_tokens": n_img,
-           "params": {"ours": count(ours.parameters()), "llm": count(llm.parameters()),
-                      "vision": count(tower.parameters()),
-                      "projector": count(ours.model.multi_modal_projector.parameters())}}  # fmt: skip
+    out = {
+        "batch_size": batch["batch_size"],
+        "seq_len": batch["seq_len"],
+        "image_tokens": n_img,
+        "params": {
+            "ours": count(ours.parameters()),
+            "llm": count(llm.parameters()),
+            "vision": count(tower.parameters()),
+            "projector": count(ours.model.multi_modal_projector.parameters()),
+        },
+    }
     for name in ("ours", "llm", "vision"):
         out[name] = summarize(times[name])
     parts = out["llm"]["median_s"] + out["vision"]["median_s"]
@@ -71,17 +78,29 @@ def main(argv=None) -> dict:
     print("Multimodal overhead: step = forward + backward + AdamW step; vision = frozen tower forward (no grad)")
     rows = []
     for size, r in results.items():
-        rows.append([size, r["batch_size"], r["seq_len"], r["ours"]["median_s"], r["llm"]["median_s"],
-                     r["vision"]["median_s"], r["ratio_ours_over_llm_plus_vision"], r["ratio_ours_over_llm"],
-                     r["ours"]["n"]])  # fmt: skip
+        rows.append(
+            [
+                size,
+                r["batch_size"],
+                r["seq_len"],
+                r["ours"]["median_s"],
+                r["llm"]["median_s"],
+                r["vision"]["median_s"],
+                r["ratio_ours_over_llm_plus_vision"],
+                r["ratio_ours_over_llm"],
+                r["ours"]["n"],
+            ]
+        )
         all_ = r["ratio_ours_over_llm_plus_vision_all"]
         extra = f"(of minima {all_['of_minima']:.3g}, paired {all_['paired_median']:.3g})"
         rows.append(["", "", "", "", "", "", extra, "", ""])
     headers = ["size", "batch", "seq", "ours s", "bare LLM s", "vision s", "ours/(LLM+vision)", "ours/LLM", "n"]
     print_table(headers, rows)
-    notes = ["the bare LLM trains every parameter; ours trains LLM + projector (tower frozen), so ours also pays "
-             "the projector's forward/backward/AdamW: that is part of the multimodal overhead measured",
-             "shared CPU cores: absolute times are noisy, the interleaved ratio is the figure to read"]  # fmt: skip
+    notes = [
+        "the bare LLM trains every parameter; ours trains LLM + projector (tower frozen), so ours also pays "
+        "the projector's forward/backward/AdamW: that is part of the multimodal overhead measured",
+        "shared CPU cores: absolute times are noisy, the interleaved ratio is the figure to read",
+    ]
     return finish("overhead", args, machine, results, notes)
 
 

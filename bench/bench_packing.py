@@ -42,8 +42,14 @@ IMAGE_KINDS = [
 GRID_IMAGE_COUNTS = [(0, 0.2), (1, 0.55), (2, 0.25)]
 # "wide": the tiny tokenizer and tower with a random-init LLM of a real model's width (Qwen2.5-0.5B is 896), so linear
 # layers, not attention, dominate a token's cost as in real models; the tiny LLM (width 96) is attention-bound.
-WIDE_TEXT = {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 4, "num_attention_heads": 8,
-             "num_key_value_heads": 2, "head_dim": 64}  # fmt: skip
+WIDE_TEXT = {
+    "hidden_size": 512,
+    "intermediate_size": 1408,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+}
 
 
 def pick(rng: random.Random, weighted: list):
@@ -71,8 +77,10 @@ def mixed_rows(n: int, seed: int, long_scale: float = 1.0) -> list[dict]:
     rows = []
     for i in range(n):
         question, answer = draw_text(rng, long_scale)  # drawn before the images, as when packing.json was measured
-        images = [Image.new("RGB", (rng.randint(32, 96), rng.randint(32, 96)), tuple(rng.choices(range(256), k=3)))
-                  for _ in range(pick(rng, IMAGE_COUNTS))]  # fmt: skip
+        images = [
+            Image.new("RGB", (rng.randint(32, 96), rng.randint(32, 96)), tuple(rng.choices(range(256), k=3)))
+            for _ in range(pick(rng, IMAGE_COUNTS))
+        ]
         rows.append(chat_row(f"mix-{i}", images, question, answer))
     return rows
 
@@ -178,13 +186,21 @@ def workload(rows: list[dict], batches: dict, image_token_id: int) -> dict:
     row_images = [int(n) for b in batches["padded"] for n in (b["input_ids"] == image_token_id).sum(-1)]
     grids = [f"{r}x{c}" for b in batches["padded"] for r, c in b.get("image_grids", torch.empty(0, 2)).tolist()]
     computed_padded = sum(b["input_ids"].numel() for b in batches["padded"])
-    return {"rows": len(rows), "batch_size": batches["padded"][0]["input_ids"].shape[0],
-            "steps_per_call": len(batches["padded"]), "useful_tokens": sum(lengths),
-            "padded_tokens_computed": computed_padded, "padding_fraction": 1 - sum(lengths) / computed_padded,
-            "row_length_min": min(lengths), "row_length_median": statistics.median(lengths),
-            "row_length_max": max(lengths), "image_tokens": sum(row_images), "row_image_tokens": row_images,
-            "image_grids": dict(collections.Counter(grids)),
-            "image_kinds": dict(collections.Counter(k for r in rows for k in r.get("kinds", [])))}  # fmt: skip
+    return {
+        "rows": len(rows),
+        "batch_size": batches["padded"][0]["input_ids"].shape[0],
+        "steps_per_call": len(batches["padded"]),
+        "useful_tokens": sum(lengths),
+        "padded_tokens_computed": computed_padded,
+        "padding_fraction": 1 - sum(lengths) / computed_padded,
+        "row_length_min": min(lengths),
+        "row_length_median": statistics.median(lengths),
+        "row_length_max": max(lengths),
+        "image_tokens": sum(row_images),
+        "row_image_tokens": row_images,
+        "image_grids": dict(collections.Counter(grids)),
+        "image_kinds": dict(collections.Counter(k for r in rows for k in r.get("kinds", []))),
+    }
 
 
 def bench(args) -> dict:
@@ -203,15 +219,25 @@ def bench(args) -> dict:
         {name: make_steps(models[name], batches[name], cpu[name]) for name in models}, repeats, warmup=1
     )
     cpu = {name: values[1:] for name, values in cpu.items()}  # the warm-up call is not kept
-    out = {"attn": args.attn, "llm": args.llm, "grids": args.grids,
-           "hidden_size": model.config.text_config.hidden_size, "baseline": type(twin).__name__,
-           "max_tiles": MAX_TILES if args.grids == "mixed" else 1,
-           **workload(rows, batches, processor.image_token_id), "initial_losses": losses}  # fmt: skip
+    out = {
+        "attn": args.attn,
+        "llm": args.llm,
+        "grids": args.grids,
+        "hidden_size": model.config.text_config.hidden_size,
+        "baseline": type(twin).__name__,
+        "max_tiles": MAX_TILES if args.grids == "mixed" else 1,
+        **workload(rows, batches, processor.image_token_id),
+        "initial_losses": losses,
+    }
     useful = out["useful_tokens"]
     for name in models:
         s, c = summarize(times[name]), summarize(cpu[name])
-        out[name] = {**s, "useful_tokens_per_s": useful / s["median_s"], "cpu": c,
-                     "useful_tokens_per_cpu_s": useful / c["median_s"]}  # fmt: skip
+        out[name] = {
+            **s,
+            "useful_tokens_per_s": useful / s["median_s"],
+            "cpu": c,
+            "useful_tokens_per_cpu_s": useful / c["median_s"],
+        }
     for a, b in (("packed", "padded"), ("packed", "llava_padded"), ("padded", "llava_padded")):
         out[f"ratio_{a}_over_{b}"] = ratios(times[b], times[a])  # tokens/s ratio = inverse time ratio
         out[f"cpu_ratio_{a}_over_{b}"] = ratios(cpu[b], cpu[a])
@@ -220,18 +246,36 @@ def bench(args) -> dict:
 
 def print_results(r: dict) -> None:
     rows = r["row_image_tokens"]
-    print(f"{r['rows']} rows in {r['steps_per_call']} steps of {r['batch_size']}, {r['attn']}, LLM {r['llm']} "
-          f"(width {r['hidden_size']}), grids {r['grids']} {r['image_grids'] or ''}: row length "
-          f"{r['row_length_min']}-{r['row_length_max']} (median {r['row_length_median']}), image tokens per row "
-          f"{min(rows)}-{max(rows)} (median {statistics.median(rows)}), {r['useful_tokens']} useful tokens, padding "
-          f"{r['padding_fraction']:.1%} of the padded batches; initial losses {r['initial_losses']}")  # fmt: skip
-    table = [[name, r[name]["median_s"], r[name]["useful_tokens_per_s"], r[name]["cpu"]["median_s"],
-              r[name]["useful_tokens_per_cpu_s"], r[name]["n"]]
-             for name in ("packed", "padded", "llava_padded")]  # fmt: skip
+    print(
+        f"{r['rows']} rows in {r['steps_per_call']} steps of {r['batch_size']}, {r['attn']}, LLM {r['llm']} "
+        f"(width {r['hidden_size']}), grids {r['grids']} {r['image_grids'] or ''}: row length "
+        f"{r['row_length_min']}-{r['row_length_max']} (median {r['row_length_median']}), image tokens per row "
+        f"{min(rows)}-{max(rows)} (median {statistics.median(rows)}), {r['useful_tokens']} useful tokens, padding "
+        f"{r['padding_fraction']:.1%} of the padded batches; initial losses {r['initial_losses']}"
+    )
+    table = [
+        [
+            name,
+            r[name]["median_s"],
+            r[name]["useful_tokens_per_s"],
+            r[name]["cpu"]["median_s"],
+            r[name]["useful_tokens_per_cpu_s"],
+            r[name]["n"],
+        ]
+        for name in ("packed", "padded", "llava_padded")
+    ]
     for name in ("packed_over_padded", "packed_over_llava_padded", "padded_over_llava_padded"):
         x, c = r[f"ratio_{name}"], r[f"cpu_ratio_{name}"]
-        table.append([name, f"minima {x['of_minima']:.3g}", x["of_medians"], f"minima {c['of_minima']:.3g}",
-                      c["of_medians"], ""])  # fmt: skip
+        table.append(
+            [
+                name,
+                f"minima {x['of_minima']:.3g}",
+                x["of_medians"],
+                f"minima {c['of_minima']:.3g}",
+                c["of_medians"],
+                "",
+            ]
+        )
     print_table(["candidate", "wall s/call", "tokens/s (wall)", "cpu s/call", "tokens/cpu-s", "n"], table)
     print(f"llava_padded = transformers' {r['baseline']} with the same weights on the padded batches")
 
@@ -250,11 +294,13 @@ def main(argv=None) -> dict:
     r = bench(args)
     print_machine(machine)
     print_results(r)
-    notes = ["useful tokens = every non-pad token (labelled or not); all three candidates see the same rows",
-             "llava_padded is transformers' LlavaNext (--grids mixed) or Llava (--grids single), same weights",
-             "cpu ratios use process CPU time: with --threads 1 they are the least disturbed by other jobs",
-             "packed on CPU: sdpa/eager attend over the whole packed row with a block-diagonal mask (sum L)^2, padded "
-             "over B * max(L)^2; only flash attention's varlen kernels skip the cross-sample blocks"]  # fmt: skip
+    notes = [
+        "useful tokens = every non-pad token (labelled or not); all three candidates see the same rows",
+        "llava_padded is transformers' LlavaNext (--grids mixed) or Llava (--grids single), same weights",
+        "cpu ratios use process CPU time: with --threads 1 they are the least disturbed by other jobs",
+        "packed on CPU: sdpa/eager attend over the whole packed row with a block-diagonal mask (sum L)^2, padded "
+        "over B * max(L)^2; only flash attention's varlen kernels skip the cross-sample blocks",
+    ]
     return finish("packing", args, machine, r, notes)
 
 

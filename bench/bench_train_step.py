@@ -47,9 +47,16 @@ def bench_size(size: str, repeats: int, seed: int) -> dict:
         warmup=2,
     )
     b, t = batch["batch_size"], batch["seq_len"]
-    out = {"batch_size": b, "seq_len": t, "image_tokens": n_img, "trainable_params": n_ours,
-           "total_params": count(ours.parameters()), "initial_loss_ours": loss_ours, "initial_loss_llava": loss_llava,
-           "same_initial_loss": abs(loss_ours - loss_llava) < 1e-4}  # fmt: skip
+    out = {
+        "batch_size": b,
+        "seq_len": t,
+        "image_tokens": n_img,
+        "trainable_params": n_ours,
+        "total_params": count(ours.parameters()),
+        "initial_loss_ours": loss_ours,
+        "initial_loss_llava": loss_llava,
+        "same_initial_loss": abs(loss_ours - loss_llava) < 1e-4,
+    }
     for name in ("ours", "llava"):
         s = summarize(times[name])
         out[name] = {**s, "samples_per_s": b / s["median_s"], "tokens_per_s": b * t / s["median_s"]}
@@ -70,14 +77,38 @@ def main(argv=None) -> dict:
     rows = []
     for size, r in results.items():
         for name in ("ours", "llava"):
-            rows.append([size, name, r["batch_size"], r["seq_len"], r["image_tokens"], r[name]["median_s"],
-                         r[name]["samples_per_s"], r[name]["tokens_per_s"], r[name]["n"]])  # fmt: skip
+            rows.append(
+                [
+                    size,
+                    name,
+                    r["batch_size"],
+                    r["seq_len"],
+                    r["image_tokens"],
+                    r[name]["median_s"],
+                    r[name]["samples_per_s"],
+                    r[name]["tokens_per_s"],
+                    r[name]["n"],
+                ]
+            )
         all_ = r["ratio_ours_over_llava_all"]
-        rows.append([size, "ours/llava", "", "", "", "", all_["of_medians"],
-                     f"(of minima {all_['of_minima']:.3g}, paired {all_['paired_median']:.3g})", ""])  # fmt: skip
+        rows.append(
+            [
+                size,
+                "ours/llava",
+                "",
+                "",
+                "",
+                "",
+                all_["of_medians"],
+                f"(of minima {all_['of_minima']:.3g}, paired {all_['paired_median']:.3g})",
+                "",
+            ]
+        )
     print_table(["size", "model", "batch", "seq", "img tok", "step s", "samples/s", "tokens/s", "n"], rows)
-    notes = ["ratio > 1: ours is faster; ~1: same work (both run the same modules on the same tensors)",
-             "shared CPU cores: absolute times are noisy, the interleaved ratio is the figure to read"]  # fmt: skip
+    notes = [
+        "ratio > 1: ours is faster; ~1: same work (both run the same modules on the same tensors)",
+        "shared CPU cores: absolute times are noisy, the interleaved ratio is the figure to read",
+    ]
     return finish("train_step", args, machine, results, notes)
 
 

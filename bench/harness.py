@@ -62,9 +62,11 @@ def ratio(a: float, b: float) -> float:
 def ratios(num: list[float], den: list[float]) -> dict:
     """num/den three ways: of the medians (the headline), of the minima (the least disturbed runs: noise from shared
     cores only ever adds time) and the median of per-repeat ratios (neighbouring runs share the same load)."""
-    return {"of_medians": ratio(statistics.median(num), statistics.median(den)),
-            "of_minima": ratio(min(num), min(den)),
-            "paired_median": statistics.median(ratio(a, b) for a, b in zip(num, den))}  # fmt: skip
+    return {
+        "of_medians": ratio(statistics.median(num), statistics.median(den)),
+        "of_minima": ratio(min(num), min(den)),
+        "paired_median": statistics.median(ratio(a, b) for a, b in zip(num, den)),
+    }
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:

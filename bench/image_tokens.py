@@ -29,17 +29,22 @@ LLAVA_NEXT_PINPOINTS = [[TILE, 2 * TILE], [2 * TILE, TILE], [2 * TILE, 2 * TILE]
 SETUPS = {
     "mlp2x_gelu, single tile": {"projector_type": "mlp2x_gelu"},
     "mlp2x_gelu, AnyRes LLaVA-NeXT pinpoints": {
-        "projector_type": "mlp2x_gelu", "image_grid_pinpoints": LLAVA_NEXT_PINPOINTS,
+        "projector_type": "mlp2x_gelu",
+        "image_grid_pinpoints": LLAVA_NEXT_PINPOINTS,
     },
     "mlp2x_gelu, AnyRes max_tiles=9": {"projector_type": "mlp2x_gelu", "max_tiles": 9},
     "pixel_shuffle r=3, single tile": {"projector_type": "pixel_shuffle_mlp", "pixel_shuffle_factor": 3},
     "pixel_shuffle r=3, AnyRes LLaVA-NeXT pinpoints": {
-        "projector_type": "pixel_shuffle_mlp", "pixel_shuffle_factor": 3, "image_grid_pinpoints": LLAVA_NEXT_PINPOINTS,
+        "projector_type": "pixel_shuffle_mlp",
+        "pixel_shuffle_factor": 3,
+        "image_grid_pinpoints": LLAVA_NEXT_PINPOINTS,
     },
     "pixel_shuffle r=3, AnyRes max_tiles=9": {
-        "projector_type": "pixel_shuffle_mlp", "pixel_shuffle_factor": 3, "max_tiles": 9,
+        "projector_type": "pixel_shuffle_mlp",
+        "pixel_shuffle_factor": 3,
+        "max_tiles": 9,
     },
-}  # fmt: skip
+}
 
 
 def load_config(name: str):
@@ -79,8 +84,14 @@ def table() -> list[dict]:
             tokens = image_tokens(config, height, width)
             if tokens != meta_model_tokens(model, height, width):
                 raise AssertionError(f"{setup}, {image}: the config and the meta model disagree")
-            rows.append({"setup": setup, "image": image, "grid": "x".join(map(str, config.image_grid(height, width))),
-                         "tokens": tokens})  # fmt: skip
+            rows.append(
+                {
+                    "setup": setup,
+                    "image": image,
+                    "grid": "x".join(map(str, config.image_grid(height, width))),
+                    "tokens": tokens,
+                }
+            )
     return rows
 
 

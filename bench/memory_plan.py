@@ -53,8 +53,12 @@ def build_meta(llm: str) -> MiniLlavaForConditionalGeneration:
 def module_params(model) -> dict:
     """Parameters per top-level module; a tied lm_head counts 0 (its weight is the embedding's)."""
     inner, seen, out = model.model, set(), {}
-    for name, module in [("vision_tower", inner.vision_tower), ("multi_modal_projector", inner.multi_modal_projector),
-                         ("language_model", inner.language_model), ("lm_head", model.lm_head)]:  # fmt: skip
+    for name, module in [
+        ("vision_tower", inner.vision_tower),
+        ("multi_modal_projector", inner.multi_modal_projector),
+        ("language_model", inner.language_model),
+        ("lm_head", model.lm_head),
+    ]:
         params = [p for p in module.parameters() if id(p) not in seen]
         seen.update(id(p) for p in params)
         out[name] = sum(p.numel() for p in params)
@@ -73,8 +77,11 @@ def lora_params_formula(text, r: int) -> int:
 
 def lora_params_from_modules(model, r: int, targets: list[str]) -> int:
     """The same count read off the meta model's actual Linear shapes (cross-check of the formula)."""
-    return sum(r * (m.in_features + m.out_features) for name, m in model.model.language_model.named_modules()
-               if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets)  # fmt: skip
+    return sum(
+        r * (m.in_features + m.out_features)
+        for name, m in model.model.language_model.named_modules()
+        if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets
+    )
 
 
 def peft_trainable(llm: str, lora_r: int) -> int:
@@ -106,12 +113,17 @@ def estimate(model, params: dict, trainable: int, batch: int, seq: int) -> dict:
         "checkpointed_activations": batch * seq * h * layers * BF16,
         "recompute_one_layer": batch * seq * h * ACT_PER_TOKEN_LAYER,
     }
-    weights = {"lora": params["total"] * BF16,
-               "qlora": quantized * (NF4 + NF4_CONSTANTS) + (params["total"] - quantized) * BF16}  # fmt: skip
+    weights = {
+        "lora": params["total"] * BF16,
+        "qlora": quantized * (NF4 + NF4_CONSTANTS) + (params["total"] - quantized) * BF16,
+    }
     out = {"unfused_logits_gib": batch * seq * text.vocab_size * 6 / GIB}
     for mode, w in weights.items():
-        out[mode] = {"weights_gib": w / GIB, **{f"{k}_gib": v / GIB for k, v in parts.items()},
-                     "peak_gib": (w + sum(parts.values())) / GIB}  # fmt: skip
+        out[mode] = {
+            "weights_gib": w / GIB,
+            **{f"{k}_gib": v / GIB for k, v in parts.items()},
+            "peak_gib": (w + sum(parts.values())) / GIB,
+        }
     return out
 
 
@@ -124,8 +136,11 @@ def document_plan(model, params: dict, trainable: int, batch: int) -> dict:
         for name, (height, width) in IMAGES.items():
             seq = config.count_image_tokens(height, width) + TEXT_TOKENS
             peak = estimate(model, params, trainable, batch, seq)
-            out[f"{name}, {setup}"] = {"seq_len": seq, "lora_peak_gib": peak["lora"]["peak_gib"],
-                                       "qlora_peak_gib": peak["qlora"]["peak_gib"]}  # fmt: skip
+            out[f"{name}, {setup}"] = {
+                "seq_len": seq,
+                "lora_peak_gib": peak["lora"]["peak_gib"],
+                "qlora_peak_gib": peak["qlora"]["peak_gib"],
+            }
     return out
 
 
@@ -139,12 +154,21 @@ def plan_llm(llm: str, lora_r: int, batch: int, seq: int, cross_check: bool) -> 
         raise AssertionError(f"{llm}: LoRA formula {lora:,} disagrees with the meta model's Linear shapes")
     stage1 = params["multi_modal_projector"]
     stage2 = stage1 + lora
-    out = {"hidden_size": text.hidden_size, "layers": text.num_hidden_layers, "vocab_size": text.vocab_size,
-           "image_tokens": model.config.num_image_tokens, "params": params,
-           "trainable": {"stage1_projector": stage1, "stage2_projector_lora": stage2, "lora_only": lora,
-                         "lora_r": lora_r},
-           "memory_estimate_stage2": estimate(model, params, stage2, batch, seq),
-           "documents_stage2": document_plan(model, params, stage2, batch)}  # fmt: skip
+    out = {
+        "hidden_size": text.hidden_size,
+        "layers": text.num_hidden_layers,
+        "vocab_size": text.vocab_size,
+        "image_tokens": model.config.num_image_tokens,
+        "params": params,
+        "trainable": {
+            "stage1_projector": stage1,
+            "stage2_projector_lora": stage2,
+            "lora_only": lora,
+            "lora_r": lora_r,
+        },
+        "memory_estimate_stage2": estimate(model, params, stage2, batch, seq),
+        "documents_stage2": document_plan(model, params, stage2, batch),
+    }
     if cross_check:
         out["trainable"]["stage2_peft_count"] = peft_trainable(llm, lora_r)
         out["trainable"]["stage2_peft_matches"] = out["trainable"]["stage2_peft_count"] == stage2
@@ -160,17 +184,33 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     machine = start(args)
     llms = LLMS[:1] if args.quick else LLMS
-    results = {"vision": VISION, "batch_size": args.batch_size, "seq_len": args.seq_len,
-               "gradient_checkpointing": True, "dtype": "bfloat16", "formula": FORMULA, "llms": {}}  # fmt: skip
+    results = {
+        "vision": VISION,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "gradient_checkpointing": True,
+        "dtype": "bfloat16",
+        "formula": FORMULA,
+        "llms": {},
+    }
     for i, llm in enumerate(llms):  # PEFT on the meta model once (the smallest): the formula covers the rest
         cross_check = i == 0 and not args.no_peft_check
         results["llms"][llm] = plan_llm(llm, args.lora_r, args.batch_size, args.seq_len, cross_check)
     print_machine(machine)
     print(f"Parameters (meta device, {VISION} + each LLM):")
-    rows = [[llm, p["params"]["vision_tower"], p["params"]["multi_modal_projector"], p["params"]["language_model"],
-             "tied" if p["params"]["lm_head_tied"] else p["params"]["lm_head"], p["params"]["total"],
-             p["trainable"]["stage1_projector"], p["trainable"]["stage2_projector_lora"]]
-            for llm, p in results["llms"].items()]  # fmt: skip
+    rows = [
+        [
+            llm,
+            p["params"]["vision_tower"],
+            p["params"]["multi_modal_projector"],
+            p["params"]["language_model"],
+            "tied" if p["params"]["lm_head_tied"] else p["params"]["lm_head"],
+            p["params"]["total"],
+            p["trainable"]["stage1_projector"],
+            p["trainable"]["stage2_projector_lora"],
+        ]
+        for llm, p in results["llms"].items()
+    ]
     print_table(
         ["llm", "vision", "projector", "language_model", "lm_head", "total", "stage1 train", "stage2 train"],
         [[f"{c:,}" if isinstance(c, int) else c for c in row] for row in rows],
@@ -184,13 +224,26 @@ def main(argv=None) -> dict:
         m = p["memory_estimate_stage2"]
         for mode in ("lora", "qlora"):
             e = m[mode]
-            rows.append([llm, mode, e["weights_gib"], e["trainable_states_gib"], e["checkpointed_activations_gib"],
-                         e["recompute_one_layer_gib"], e["peak_gib"], m["unfused_logits_gib"]])  # fmt: skip
+            rows.append(
+                [
+                    llm,
+                    mode,
+                    e["weights_gib"],
+                    e["trainable_states_gib"],
+                    e["checkpointed_activations_gib"],
+                    e["recompute_one_layer_gib"],
+                    e["peak_gib"],
+                    m["unfused_logits_gib"],
+                ]
+            )
     print_table(["llm", "mode", "weights", "trainable st.", "ckpt acts", "recompute", "PEAK", "+unfused logits"], rows)
     seq_note = f"seq = image tokens + {TEXT_TOKENS} text"
     print(f"\nESTIMATED stage-2 peak per document ({seq_note}), batch {args.batch_size} (GiB):")
-    rows = [[llm, doc, d["seq_len"], d["lora_peak_gib"], d["qlora_peak_gib"]]
-            for llm, p in results["llms"].items() for doc, d in p["documents_stage2"].items()]  # fmt: skip
+    rows = [
+        [llm, doc, d["seq_len"], d["lora_peak_gib"], d["qlora_peak_gib"]]
+        for llm, p in results["llms"].items()
+        for doc, d in p["documents_stage2"].items()
+    ]
     print_table(["llm", "document, image splitting", "seq", "LoRA PEAK", "QLoRA PEAK"], rows)
     print("\n".join(["", "Formula:", *(f"  - {line}" for line in FORMULA)]))
     return finish("memory_plan", args, machine, results, FORMULA)

@@ -9,20 +9,46 @@ from modeling_minillava import MiniLlavaConfig, MiniLlavaForConditionalGeneratio
 # tiny = the tests' tiny backbones (data_scripts/make_tiny_backbones.py); mid = a small real-shaped pair.
 SIZES = {
     "tiny": {
-        "vision": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                   "image_size": 64, "patch_size": 8},
-        "text": {"hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 2, "num_attention_heads": 4,
-                 "num_key_value_heads": 2, "vocab_size": 1024},
-        "batch_size": 4, "text_len": 32,
+        "vision": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 64,
+            "patch_size": 8,
+        },
+        "text": {
+            "hidden_size": 96,
+            "intermediate_size": 192,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "vocab_size": 1024,
+        },
+        "batch_size": 4,
+        "text_len": 32,
     },
     "mid": {
-        "vision": {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 4,
-                   "image_size": 224, "patch_size": 16},
-        "text": {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8, "num_attention_heads": 8,
-                 "num_key_value_heads": 2, "vocab_size": 16384},
-        "batch_size": 2, "text_len": 64,
+        "vision": {
+            "hidden_size": 256,
+            "intermediate_size": 1024,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "image_size": 224,
+            "patch_size": 16,
+        },
+        "text": {
+            "hidden_size": 512,
+            "intermediate_size": 1408,
+            "num_hidden_layers": 8,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 2,
+            "vocab_size": 16384,
+        },
+        "batch_size": 2,
+        "text_len": 64,
     },
-}  # fmt: skip
+}
 TEXT_PREFIX = 4  # text tokens before the image slots (a chat header), the rest after them
 ATTN = "sdpa"  # both models, explicitly: the comparison must not hinge on a default
 
@@ -37,18 +63,27 @@ def size_configs(size: str) -> tuple[SiglipVisionConfig, Qwen2Config]:
 
 
 def build_minillava(vision, text) -> MiniLlavaForConditionalGeneration:
-    config = MiniLlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
-                             vision_feature_select_strategy="full", vision_feature_layer=-1,
-                             image_token_id=text.vocab_size - 1)  # fmt: skip
+    config = MiniLlavaConfig(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_token_id=text.vocab_size - 1,
+    )
     config._attn_implementation = ATTN
     return MiniLlavaForConditionalGeneration(config).train()
 
 
 def build_llava(vision, text, image_seq_length: int) -> LlavaForConditionalGeneration:
     """transformers' Llava from the same sub-configs; the image token is the last vocabulary id."""
-    config = LlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), image_seq_length=image_seq_length,
-                         image_token_index=text.vocab_size - 1, vision_feature_select_strategy="full",
-                         vision_feature_layer=-1)  # fmt: skip
+    config = LlavaConfig(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        image_seq_length=image_seq_length,
+        image_token_index=text.vocab_size - 1,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+    )
     config._attn_implementation = ATTN
     model = LlavaForConditionalGeneration(config).train()
     model.model.vision_tower.requires_grad_(False)  # the same trainable set as ours (frozen tower)
@@ -70,8 +105,12 @@ def make_batch(size: str, n_img: int, seed: int = 0) -> dict:
     labels = ids.masked_fill(image_mask, -100)
     labels[:, :TEXT_PREFIX] = -100
     pixel_values = torch.randn(b, 3, image_size, image_size, generator=g)
-    llava = {"input_ids": ids.masked_fill(image_mask, vocab - 1), "pixel_values": pixel_values,
-             "attention_mask": torch.ones(b, t, dtype=torch.long), "labels": labels}  # fmt: skip
+    llava = {
+        "input_ids": ids.masked_fill(image_mask, vocab - 1),
+        "pixel_values": pixel_values,
+        "attention_mask": torch.ones(b, t, dtype=torch.long),
+        "labels": labels,
+    }
     ours = llava  # both models mark images with the same placeholder id (vocab - 1)
     return {"ours": ours, "llava": llava, "batch_size": b, "seq_len": t}
 

@@ -324,8 +324,16 @@ class MiniLlavaProcessor(ProcessorMixin):
             answer = self.tokenizer.decode(tokens[: len(logprobs)], skip_special_tokens=True).strip()
             confidence = confidence_from_logprobs(logprobs)
             reason = self.abstention_reason(answer, confidence, threshold, generation_config)
-            results.append({"answer": answer, "confidence": confidence, "num_tokens": len(logprobs),
-                            "abstained": reason is not None, "reason": reason, "threshold": threshold})  # fmt: skip
+            results.append(
+                {
+                    "answer": answer,
+                    "confidence": confidence,
+                    "num_tokens": len(logprobs),
+                    "abstained": reason is not None,
+                    "reason": reason,
+                    "threshold": threshold,
+                }
+            )
         return results
 
     @property

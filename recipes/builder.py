@@ -119,9 +119,17 @@ def check_data(splits: dict, collator, training_args, data_args) -> dict:
     grids = getattr(processor.image_processor, "image_grid_pinpoints", None) if processor.anyres else None
     settings = "|".join(
         str(x)
-        for x in (processor.chat_template, processor.num_image_tokens, processor.image_token_id, grids,
-                  processor.max_image_tokens, collator.max_length, sorted(collator.stop_token_ids), collator.too_long)
-    )  # fmt: skip
+        for x in (
+            processor.chat_template,
+            processor.num_image_tokens,
+            processor.image_token_id,
+            grids,
+            processor.max_image_tokens,
+            collator.max_length,
+            sorted(collator.stop_token_ids),
+            collator.too_long,
+        )
+    )
     cache_dir = os.path.join(training_args.output_dir, "data_check")
     checked, reports = {}, []
     for name, ds in splits.items():
@@ -130,9 +138,14 @@ def check_data(splits: dict, collator, training_args, data_args) -> dict:
             continue
         num_proc = max(1, training_args.dataloader_num_workers)
         checked[name], report = check_rows(
-            ds, collator.check_row, name=name, settings=settings, cache_dir=cache_dir, num_proc=num_proc,
+            ds,
+            collator.check_row,
+            name=name,
+            settings=settings,
+            cache_dir=cache_dir,
+            num_proc=num_proc,
             write_cache=training_args.process_index == 0,  # ranks share output_dir: one writer
-        )  # fmt: skip
+        )
         reports.append(report)
     report_path = os.path.join(training_args.output_dir, "data_check.json")
     if training_args.process_index == 0:
@@ -170,9 +183,12 @@ def build_model(args: ModelArguments, training_args: SFTConfig):
         )
     else:
         model = MiniLlavaForConditionalGeneration.from_backbones(
-            args.vision_name, args.llm_name, dtype=dtype, attn_implementation=args.attn_implementation,
+            args.vision_name,
+            args.llm_name,
+            dtype=dtype,
+            attn_implementation=args.attn_implementation,
             **architecture(args),
-        )  # fmt: skip
+        )
     if args.init_from and args.image_position:  # the layout is the processor's; the config records it
         model.config.image_position = args.image_position
     if args.init_from and args.max_image_tokens is not None:

@@ -224,10 +224,11 @@ def read_records(folder: str) -> tuple[dict, dict, dict]:
 def training_section(recipe: dict, info: dict, results: dict) -> str:
     plan = describe_train_plan(info.get("train_plan", {})).splitlines()[1:]
     data = "\n".join(
-        f"- `{d['path']}` split `{d['split']}`" + (f", fraction {d['fraction']}" if d.get("fraction") else "")
+        f"- `{d['path']}` split `{d['split']}`"
+        + (f", fraction {d['fraction']}" if d.get("fraction") else "")
         + (f" (fingerprint `{d['fingerprint'][:16]}`)" if d.get("fingerprint") else "")
         for d in info.get("datasets", [])
-    )  # fmt: skip
+    )
     versions = ", ".join(f"{k} {v}" for k, v in info.get("packages", {}).items() if v)
     dirty = " (with uncommitted changes)" if info.get("git_dirty") else ""
     lines = [

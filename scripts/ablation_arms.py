@@ -34,8 +34,14 @@ COMPARISONS = {
 # Arms on their own data (the high-resolution set, ~7x the tokens per sample): run with `--only image_splitting`.
 OPT_IN_ARMS = ("hr_single", "hr_anyres")
 # model_abstain_f1: the model's own abstentions (no threshold); abstain_f1 includes the threshold fitted on validation
-METRICS = ("exact_match", "model_abstain_f1", "abstain_f1", "hallucination_rate", "last_loss",
-           "train_samples_per_second")  # fmt: skip
+METRICS = (
+    "exact_match",
+    "model_abstain_f1",
+    "abstain_f1",
+    "hallucination_rate",
+    "last_loss",
+    "train_samples_per_second",
+)
 SUMMARY_FIELDS = (*METRICS, "auc", "first_loss", "eval_samples_per_second", "num_image_tokens", "seconds")
 
 

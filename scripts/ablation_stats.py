@@ -71,11 +71,26 @@ def compare(name: str, question: str, arm_a: str, arm_b: str, per_seed_a: dict, 
         verdict = f"real: {arm_b} {'higher' if diff > 0 else 'lower'}"
     else:
         verdict = "within seed noise"
-    return {"name": name, "question": question, "a": arm_a, "b": arm_b, "metric": metric,
-            "test": "paired t (scipy.stats.ttest_rel) + paired bootstrap CI", "seeds": seeds,
-            "n_a": len(va), "n_b": len(vb), "mean_a": mean(va), "mean_b": mean(vb), "std_a": std(va), "std_b": std(vb),
-            "diff": diff, "std_diff": std(list(np.subtract(vb, va))), "p_value": p, "ci95": ci,
-            "verdict": verdict}  # fmt: skip
+    return {
+        "name": name,
+        "question": question,
+        "a": arm_a,
+        "b": arm_b,
+        "metric": metric,
+        "test": "paired t (scipy.stats.ttest_rel) + paired bootstrap CI",
+        "seeds": seeds,
+        "n_a": len(va),
+        "n_b": len(vb),
+        "mean_a": mean(va),
+        "mean_b": mean(vb),
+        "std_a": std(va),
+        "std_b": std(vb),
+        "diff": diff,
+        "std_diff": std(list(np.subtract(vb, va))),
+        "p_value": p,
+        "ci95": ci,
+        "verdict": verdict,
+    }
 
 
 def summarize_arm(name: str, seeds: dict, errors: dict) -> dict:
@@ -129,8 +144,15 @@ def plot(results: dict, out: str) -> None:
         for i, metric in enumerate(("exact_match", "model_abstain_f1")):
             for j, arm in enumerate((a, b)):
                 m, s = arms[arm]["mean"].get(metric), arms[arm]["std"].get(metric)
-                ax.bar(i + (j - 0.5) * 0.38, m or 0, 0.38, yerr=s or 0, capsize=3, color=f"C{j}",
-                       label=arm if i == 0 else None)  # fmt: skip
+                ax.bar(
+                    i + (j - 0.5) * 0.38,
+                    m or 0,
+                    0.38,
+                    yerr=s or 0,
+                    capsize=3,
+                    color=f"C{j}",
+                    label=arm if i == 0 else None,
+                )
         ax.set_xticks([0, 1], ["exact match", "model abstain F1"])
         ax.set_ylim(0, 1)
         ax.set_title(name, fontsize=9)

@@ -63,10 +63,23 @@ from data_scripts.run_metadata import code_version, machine_info  # noqa: E402
 # The explicit ablation budget: the smoke run's data (n=2000) and stage-1 schedule (4 epochs), stage 2 at half the
 # smoke's 8 epochs, so 7 arms x 3 seeds fit ~35 min on 2 quiet cores (smoke: 91 train samples/s). A first budget of
 # n=600 and one epoch per stage learned nothing (every arm abstained on every question), see the notes.
-BUDGET = {"n": 2000, "stage1_epochs": 4, "stage2_epochs": 4, "max_steps": None, "eval_max_samples": None,
-          "eval_batch_size": 32}  # fmt: skip
-QUICK = {"n": 200, "stage1_epochs": 1, "stage2_epochs": 1, "max_steps": 2, "eval_max_samples": 4,
-         "eval_batch_size": 4, "eval_max_new_tokens": 4}  # fmt: skip
+BUDGET = {
+    "n": 2000,
+    "stage1_epochs": 4,
+    "stage2_epochs": 4,
+    "max_steps": None,
+    "eval_max_samples": None,
+    "eval_batch_size": 32,
+}
+QUICK = {
+    "n": 200,
+    "stage1_epochs": 1,
+    "stage2_epochs": 1,
+    "max_steps": 2,
+    "eval_max_samples": 4,
+    "eval_batch_size": 4,
+    "eval_max_new_tokens": 4,
+}
 MACHINE_NOTE = "the cores may be shared with other jobs, so seconds and samples/s are noisy"
 HIGHRES_N, HIGHRES_N_QUICK = 1000, 200  # rows of the high-resolution set (image_splitting arms)
 ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DISABLE_MLFLOW_INTEGRATION": "TRUE"}
@@ -177,9 +190,24 @@ def run_arm_seed(name: str, seed: int, budget: dict, out: str) -> dict:
     model_dir = os.path.join(run_dir, "merged") if arm["stage"] == 2 else run_dir
     eval_dir = os.path.join(run_dir, "eval")
     data = os.path.join(out, arm_data(arm))
-    eval_cmd = [sys.executable, "run_eval.py", "--model", model_dir, "--dataset", data, "--split", "test",
-                "--threshold_split", "validation", "--output_dir", eval_dir,
-                "--batch_size", str(budget["eval_batch_size"]), "--gallery_size", "8"]  # fmt: skip
+    eval_cmd = [
+        sys.executable,
+        "run_eval.py",
+        "--model",
+        model_dir,
+        "--dataset",
+        data,
+        "--split",
+        "test",
+        "--threshold_split",
+        "validation",
+        "--output_dir",
+        eval_dir,
+        "--batch_size",
+        str(budget["eval_batch_size"]),
+        "--gallery_size",
+        "8",
+    ]
     if budget["eval_max_samples"]:
         eval_cmd += ["--max_samples", str(budget["eval_max_samples"])]
     if budget.get("eval_max_new_tokens"):

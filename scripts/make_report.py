@@ -141,10 +141,14 @@ def render(abl_path, bench_dir, smoke_path, plots_dir: str, splitting_path: str 
     }
     cmd = "python scripts/make_report.py " + " ".join(
         f"--{k} {v}"
-        for k, v in (("ablations", abl_path), ("image_splitting", splitting_path), ("bench", bench_dir),
-                     ("smoke", smoke_path))
+        for k, v in (
+            ("ablations", abl_path),
+            ("image_splitting", splitting_path),
+            ("bench", bench_dir),
+            ("smoke", smoke_path),
+        )
         if v
-    )  # fmt: skip
+    )
     return (
         "\n\n".join(
             [

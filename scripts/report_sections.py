@@ -35,8 +35,9 @@ def offline_compute(smoke: dict | None, smoke_dir: str | None) -> str:
         machine = machine or info.get("machine")
         sps, runtime = train.get("train_samples_per_second"), train.get("train_runtime")
         samples = round(sps * runtime) if sps and runtime else None  # what the Trainer's samples/s was computed from
-        rows.append([stage, train.get("train_rows"), train.get("global_step"), samples, train.get("num_tokens"),
-                     runtime, sps])  # fmt: skip
+        rows.append(
+            [stage, train.get("train_rows"), train.get("global_step"), samples, train.get("num_tokens"), runtime, sps]
+        )
     where = "recorded in stage1/run_info.json" if machine else "the machine generating this report: the run predates "
     where += "" if machine else "run_info.json's machine record"
     return "\n\n".join(
@@ -189,7 +190,7 @@ def ablation_section(abl: dict | None, plots_dir: str) -> str:
             f" (statistics recomputed from the recorded per-seed values at {cfg['stats_recomputed']['at']})."
             if cfg.get("stats_recomputed")
             else "."
-        ),  # fmt: skip
+        ),
         table(["comparison", "metric", "A", "B", "A", "B", "diff", "p", "95% CI", "verdict"], comp),
         "### What the numbers support",
         conclusions(abl),
@@ -316,14 +317,32 @@ def image_splitting_section(abl: dict | None) -> str:
         tokens = [r.get("num_tokens") for r in seeds if r.get("num_tokens")]
         m, s = a["mean"], a["std"]
         keys = " ".join(f"{k}={v}" for k, v in a.get("keys", {}).items() if k != "datasets")
-        rows.append([f"`{name}`", keys, a["n_seeds"], fmt(sum(tokens) / len(tokens)) if tokens else NOT_MEASURED,
-                     *[mean_std(m.get(k), s.get(k)) for k in (*METRIC_LABELS, "seconds")]])  # fmt: skip
+        rows.append(
+            [
+                f"`{name}`",
+                keys,
+                a["n_seeds"],
+                fmt(sum(tokens) / len(tokens)) if tokens else NOT_MEASURED,
+                *[mean_std(m.get(k), s.get(k)) for k in (*METRIC_LABELS, "seconds")],
+            ]
+        )
     out.append(table(["arm", "overlay keys", "seeds", "tokens", *METRIC_LABELS.values(), "seconds/run"], rows))
-    comp = [[c["metric"], mean_std(c["mean_a"], c["std_a"]), mean_std(c["mean_b"], c["std_b"]), c["diff"],
-             c["p_value"], "[" + ", ".join(fmt(x) for x in c["ci95"]) + "]" if c.get("ci95") else NOT_MEASURED,
-             c["verdict"]] for c in abl["comparisons"]]  # fmt: skip
-    out += [f"Paired over seeds ({cfg.get('statistics') or 'test not recorded'}), A = single tile, B = AnyRes:",
-            table(["metric", "A", "B", "diff", "p", "95% CI", "verdict"], comp)]  # fmt: skip
+    comp = [
+        [
+            c["metric"],
+            mean_std(c["mean_a"], c["std_a"]),
+            mean_std(c["mean_b"], c["std_b"]),
+            c["diff"],
+            c["p_value"],
+            "[" + ", ".join(fmt(x) for x in c["ci95"]) + "]" if c.get("ci95") else NOT_MEASURED,
+            c["verdict"],
+        ]
+        for c in abl["comparisons"]
+    ]
+    out += [
+        f"Paired over seeds ({cfg.get('statistics') or 'test not recorded'}), A = single tile, B = AnyRes:",
+        table(["metric", "A", "B", "diff", "p", "95% CI", "verdict"], comp),
+    ]
     types = sorted({t for a in arms.values() for r in a["seeds"].values() for t in (r.get("per_question_type") or {})})
     per_type = []
     for t in types:
@@ -333,8 +352,11 @@ def image_splitting_section(abl: dict | None) -> str:
             scores = [c.get("exact_match") for c in cells if c.get("exact_match") is not None]
             row.append(f"{sum(scores) / len(scores):.3f} (n={cells[0]['count']})" if scores else NOT_MEASURED)
         per_type.append(row)
-    out += ["Exact match per question type (test split, mean over seeds; unanswerable rows score the raw answer):",
-            table(["question type", *(f"`{n}`" for n in arms)], per_type), splitting_reading(arms)]  # fmt: skip
+    out += [
+        "Exact match per question type (test split, mean over seeds; unanswerable rows score the raw answer):",
+        table(["question type", *(f"`{n}`" for n in arms)], per_type),
+        splitting_reading(arms),
+    ]
     return "\n\n".join(out)
 
 
@@ -347,9 +369,15 @@ def splitting_reading(arms: dict) -> str:
     best = max(em.values())
     first = next(iter(next(iter(arms.values()))["seeds"].values()))  # test-split counts are the same for every run
     answerable = sum(c["count"] for t, c in (first.get("per_question_type") or {}).items() if t != "unanswerable")
-    lines = [f"**Reading.** Best mean exact match on answerable rows: {best:.3f}"
-             + (f" (one row of {answerable} is {1 / answerable:.3f}: a difference of one question, even on "
-                "every seed, is no evidence)." if answerable else ".")]  # fmt: skip
+    lines = [
+        f"**Reading.** Best mean exact match on answerable rows: {best:.3f}"
+        + (
+            f" (one row of {answerable} is {1 / answerable:.3f}: a difference of one question, even on "
+            "every seed, is no evidence)."
+            if answerable
+            else "."
+        )
+    ]
     if best < 0.05:
         lines.append(
             "Neither arm learned to read the small text at this budget (random tiny backbones, ~400 optimizer "

@@ -182,8 +182,14 @@ def recorded_stage(folder: str, recipe_path: str, tiny_dir: str) -> dict:
             lora = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if "lora_" in k)  # noqa: SIM118
     elif not info.get("lora"):
         lora = 0
-    config = next((load_json(os.path.join(folder, d, "config.json")) for d in (".", "merged")
-                   if os.path.isfile(os.path.join(folder, d, "config.json"))), None)  # fmt: skip
+    config = next(
+        (
+            load_json(os.path.join(folder, d, "config.json"))
+            for d in (".", "merged")
+            if os.path.isfile(os.path.join(folder, d, "config.json"))
+        ),
+        None,
+    )
     tokens = None
     if config:
         from modeling_minillava import MiniLlavaConfig

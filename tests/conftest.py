@@ -78,9 +78,13 @@ def fresh_python(tmp_path):
         child_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         child_env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "hf_modules"), **env)
         proc = subprocess.run(
-            [sys.executable, "-c", code, *map(str, argv)], cwd=workdir, env=child_env, capture_output=True, text=True,
+            [sys.executable, "-c", code, *map(str, argv)],
+            cwd=workdir,
+            env=child_env,
+            capture_output=True,
+            text=True,
             timeout=timeout,
-        )  # fmt: skip
+        )
         assert proc.returncode == 0, proc.stderr[-4000:]
         return proc
 
@@ -97,13 +101,29 @@ def one_step_trainer(tmp_path):
 
     def _build(model, processor, collator, rows: list[dict]) -> SFTTrainer:
         args = SFTConfig(
-            output_dir=str(tmp_path / "run"), per_device_train_batch_size=len(rows), max_steps=1, learning_rate=1e-3,
-            use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no",
-            dataloader_num_workers=0, logging_steps=1, seed=0, max_length=None, remove_unused_columns=False,
+            output_dir=str(tmp_path / "run"),
+            per_device_train_batch_size=len(rows),
+            max_steps=1,
+            learning_rate=1e-3,
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            report_to="none",
+            save_strategy="no",
+            dataloader_num_workers=0,
+            logging_steps=1,
+            seed=0,
+            max_length=None,
+            remove_unused_columns=False,
             dataset_kwargs={"skip_prepare_dataset": True},
-        )  # fmt: skip
-        return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor,
-                          data_collator=collator)  # fmt: skip
+        )
+        return SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=processor,
+            data_collator=collator,
+        )
 
     return _build
 

@@ -159,8 +159,14 @@ def reference(request, tmp_path_factory, backbones, synthetic) -> dict:
         capture_phases(monkeypatch, out, snapshots)
         summary = recipes.run([write_recipe(folder, out, backbones, synthetic, save_total_limit=limit)])
     history = json.loads((out / f"checkpoint-{MAX_STEPS}" / "trainer_state.json").read_text())["log_history"]
-    return {"limit": limit, "folder": folder, "out": out, "snapshots": snapshots, "summary": summary,
-            "tokens": {e["step"]: e["num_tokens"] for e in history if "num_tokens" in e}}  # fmt: skip
+    return {
+        "limit": limit,
+        "folder": folder,
+        "out": out,
+        "snapshots": snapshots,
+        "summary": summary,
+        "tokens": {e["step"]: e["num_tokens"] for e in history if "num_tokens" in e},
+    }
 
 
 def whole_checkpoints(out: Path) -> list[str]:
@@ -204,8 +210,14 @@ def test_reference_run_keeps_the_limit_and_saw_every_phase(reference):
     assert counters["num_tokens"] == reference["summary"]["num_tokens"] == reference["tokens"][MAX_STEPS]
     manifest = json.loads((out / f"checkpoint-{MAX_STEPS}" / checkpoints.COMPLETE_MARKER).read_text())
     assert manifest["global_step"] == MAX_STEPS
-    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
-            checkpoints.COUNTERS_FILE.format(rank=0)} <= set(manifest["files"])  # fmt: skip
+    assert {
+        "model.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state.pth",
+        "trainer_state.json",
+        checkpoints.COUNTERS_FILE.format(rank=0),
+    } <= set(manifest["files"])
 
 
 @pytest.mark.slow
@@ -405,7 +417,15 @@ def test_counters_restore_into_the_collator_types(tmp_path):
     assert trainer._total_train_tokens == 1234
     collator.stats["skipped"]["too_long"] += 1  # still a Counter: new reasons and increments work
     collator.stats["skipped"]["unreadable_image"] += 1
-    assert collator.stats == {"seen": 9, "kept": 7, "all_masked": 1,
-                              "skipped": Counter(too_long=2, unreadable_image=1)}  # fmt: skip
+    assert collator.stats == {
+        "seen": 9,
+        "kept": 7,
+        "all_masked": 1,
+        "skipped": Counter(too_long=2, unreadable_image=1),
+    }
     assert checkpoints.stats_minus(collator.stats, {"seen": 2, "skipped": {"too_long": 2}}) == {
-        "seen": 7, "kept": 7, "all_masked": 1, "skipped": {"unreadable_image": 1}}  # fmt: skip
+        "seen": 7,
+        "kept": 7,
+        "all_masked": 1,
+        "skipped": {"unreadable_image": 1},
+    }

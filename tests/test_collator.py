@@ -374,8 +374,13 @@ def test_truncate_never_cuts_an_image_the_row_is_skipped_and_named(built, caplog
         pytest.raises(RuntimeError, match="image_beyond_max_length: too_long='truncate' would cut through"),
     ):
         collator([row])
-    assert collator.stats == {"seen": 1, "kept": 0, "truncated": 0, "all_masked": 0,
-                              "skipped": {"image_beyond_max_length": 1}}  # fmt: skip
+    assert collator.stats == {
+        "seen": 1,
+        "kept": 0,
+        "truncated": 0,
+        "all_masked": 0,
+        "skipped": {"image_beyond_max_length": 1},
+    }
     assert f"'cut-{where}'" in caplog.text
 
 
@@ -385,8 +390,10 @@ def test_truncate_that_keeps_no_answer_token_is_skipped(built):
     full = MiniLlavaDataCollator(processor)([row])
     start = spans(full["labels"][0])[0][0]
     collator = MiniLlavaDataCollator(processor, max_length=start, too_long="truncate", max_skip_fraction=1.0)
-    assert collator.check_row(row) == ("answer_beyond_max_length", f"the first answer token is at {start} >= "
-                                       f"max_length={start}")  # fmt: skip
+    assert collator.check_row(row) == (
+        "answer_beyond_max_length",
+        f"the first answer token is at {start} >= max_length={start}",
+    )
     # One token more keeps the answer's first token.
     kept = MiniLlavaDataCollator(processor, max_length=start + 1, too_long="truncate")([row])
     assert spans(kept["labels"][0]) == [(start, start + 1)]

@@ -60,9 +60,12 @@ def processor_batch(processor, rows) -> dict:
     with labels built here without the collator: each answer's ids + the end-of-turn id, found at the row's end."""
     convs = [conversation(*(m["content"][-1]["text"] for m in r["messages"]), r["images"], inline=True) for r in rows]
     batch = processor.apply_chat_template(
-        convs, tokenize=True, return_dict=True, return_tensors="pt",
+        convs,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
         processor_kwargs={"padding": True, "padding_side": "right"},
-    )  # fmt: skip
+    )
     tokenizer, end_of_turn = processor.tokenizer, processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
     for b, row in enumerate(rows):
@@ -177,8 +180,11 @@ def test_too_long_and_truncate_count_the_planned_placeholders(anyres, rows):
 
 def test_packed_batch_gives_the_padded_batchs_per_token_loss(anyres, rows, images):
     model, processor = anyres
-    mixed = [*rows, make_row("text", "Is there a logo?", "Yes", []),
-             make_row("two", "Same vendor?", "no", [images["screenshot"], images["page"]])]  # fmt: skip
+    mixed = [
+        *rows,
+        make_row("text", "Is there a logo?", "Yes", []),
+        make_row("two", "Same vendor?", "no", [images["screenshot"], images["page"]]),
+    ]
     padded = MiniLlavaDataCollator(processor)(mixed)
     packed = MiniLlavaDataCollator(processor, padding_free=True)(mixed)
     for key in IMAGE_KEYS:

@@ -160,8 +160,13 @@ def test_the_recipes_max_length_and_too_long_policy_change_what_trains(backbones
     runs = {}
     for policy in ("skip", "truncate"):
         out = tmp_path / policy
-        runs[policy] = recipes.run([write_recipe(tmp_path / f"{policy}.yaml", backbones, bad_data, out,
-                                                 too_long=policy, data_seed=0, max_steps=3)])  # fmt: skip
+        runs[policy] = recipes.run(
+            [
+                write_recipe(
+                    tmp_path / f"{policy}.yaml", backbones, bad_data, out, too_long=policy, data_seed=0, max_steps=3
+                )
+            ]
+        )
         runs[policy]["report"] = json.loads((out / "data_check.json").read_text())["splits"][0]
     assert runs["skip"]["report"]["dropped"] == {"unreadable_image": 2, "too_long": 1}
     assert runs["truncate"]["report"]["dropped"] == {"unreadable_image": 2}  # kept, to be cut

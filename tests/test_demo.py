@@ -51,9 +51,14 @@ HUB_SDKS = {"gradio", "docker", "static"}
 HUB_SHORT_DESCRIPTION_MAX = 60
 PYTORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--disable-dev-shm-usage",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 def load_app_module():
@@ -125,9 +130,22 @@ def test_requirements_install_cpu_torch_in_a_fresh_venv(tmp_path):
     requirements.write_text("\n".join([*(line for line in lines if not line.startswith("-")), ""]))
     report = tmp_path / "report.json"
     command = [
-        sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "--dry-run", "--quiet",
-        "--retries", "1", "--report", report, "-r", requirements, f"gradio=={meta['sdk_version']}",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        venv / "bin" / "python",
+        "install",
+        "--dry-run",
+        "--quiet",
+        "--retries",
+        "1",
+        "--report",
+        report,
+        "-r",
+        requirements,
+        f"gradio=={meta['sdk_version']}",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     resolved = {
@@ -213,10 +231,15 @@ def space(tiny_model_dir, tmp_path_factory):
     port = free_port()
     workdir = tmp_path_factory.mktemp("space_cwd")
     env = {
-        **os.environ, "MODEL_ID": str(tiny_model_dir), "GRADIO_SERVER_PORT": str(port),
-        "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
-        "MAX_NEW_TOKENS": str(MAX_NEW_TOKENS), "GRADIO_TEMP_DIR": str(workdir / "gradio"),
-    }  # fmt: skip
+        **os.environ,
+        "MODEL_ID": str(tiny_model_dir),
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        "MAX_NEW_TOKENS": str(MAX_NEW_TOKENS),
+        "GRADIO_TEMP_DIR": str(workdir / "gradio"),
+    }
     env.pop("PYTHONPATH", None)
     log_path = workdir / "app.log"
     with open(log_path, "w") as log:  # the child keeps its own handle
@@ -264,8 +287,14 @@ def client(app_url):
 
 
 def result(answer="42", confidence=0.91, reason=None, threshold=0.6509804) -> dict:
-    return {"answer": answer, "confidence": confidence, "num_tokens": 2, "abstained": reason is not None,
-            "reason": reason, "threshold": threshold}  # fmt: skip
+    return {
+        "answer": answer,
+        "confidence": confidence,
+        "num_tokens": 2,
+        "abstained": reason is not None,
+        "reason": reason,
+        "threshold": threshold,
+    }
 
 
 def visible_text(markup: str) -> str:

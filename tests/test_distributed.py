@@ -58,9 +58,18 @@ def launch(args: list[str], log, processes: int = WORLD, config: str | None = No
     }
     cmd = [sys.executable, "run_sft.py", *args]
     if config is not None:  # --mixed_precision no: the configs say bf16 for GPUs; these runs compare fp32 weights
-        cmd[1:1] = ["-m", "accelerate.commands.launch", "--config_file", f"recipes/accelerate/{config}",
-                    "--num_processes", str(processes), "--mixed_precision", "no",
-                    "--main_process_port", str(free_port())]  # fmt: skip
+        cmd[1:1] = [
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            f"recipes/accelerate/{config}",
+            "--num_processes",
+            str(processes),
+            "--mixed_precision",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+        ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     log.write_text(proc.stdout + proc.stderr)
@@ -195,9 +204,13 @@ def test_deepspeed_config_fills_autos_and_validates(name, tmp_path, no_leftover_
         raw = json.load(f)
     assert raw["zero_allow_untested_optimizer"] is True
     args, config = parse_deepspeed(
-        path, tmp_path, per_device_train_batch_size=3, gradient_accumulation_steps=5, max_grad_norm=0.5,
+        path,
+        tmp_path,
+        per_device_train_batch_size=3,
+        gradient_accumulation_steps=5,
+        max_grad_norm=0.5,
         learning_rate=3e-4,
-    )  # fmt: skip
+    )
     assert not autos(config), f"{name}: 'auto' left unfilled: {config}"
     assert config["train_micro_batch_size_per_gpu"] == 3
     assert config["gradient_accumulation_steps"] == 5
@@ -247,9 +260,14 @@ def test_broken_or_missing_deepspeed_json_fails(tmp_path, no_leftover_deepspeed)
 def test_zero3_without_init_from_is_refused_at_parse_time(tiny_run, tmp_path, no_leftover_deepspeed):
     recipe = {k: v for k, v in tiny_run.common.items() if k != "init_from"}
     recipe = write_recipe(
-        tmp_path, "z3.yaml", **recipe, vision_name=tiny_run.vision, llm_name=tiny_run.llm,
-        output_dir=str(tmp_path / "out"), deepspeed=os.path.join(REPO, "recipes", "deepspeed", "zero3.json"),
-    )  # fmt: skip
+        tmp_path,
+        "z3.yaml",
+        **recipe,
+        vision_name=tiny_run.vision,
+        llm_name=tiny_run.llm,
+        output_dir=str(tmp_path / "out"),
+        deepspeed=os.path.join(REPO, "recipes", "deepspeed", "zero3.json"),
+    )
     with pytest.raises(ValueError, match="ZeRO-3 needs `init_from`"):
         recipes.parse_recipe([recipe])  # refused while parsing the recipe: nothing is loaded or written
     assert not (tmp_path / "out").exists()

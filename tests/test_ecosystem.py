@@ -76,10 +76,26 @@ def stage2(work, model_dir, synthetic) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)  # launched from the folder holding stage1/, as scripts/smoke.sh runs from above outputs/
         recipes.run(
-            [str(recipe), "--max_steps", "2", "--per_device_train_batch_size", "2", "--max_train_samples", "8",
-             "--warmup_steps", "0", "--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "2",
-             "--report_to", "none"]
-        )  # fmt: skip
+            [
+                str(recipe),
+                "--max_steps",
+                "2",
+                "--per_device_train_batch_size",
+                "2",
+                "--max_train_samples",
+                "8",
+                "--warmup_steps",
+                "0",
+                "--save_strategy",
+                "steps",
+                "--save_steps",
+                "1",
+                "--save_total_limit",
+                "2",
+                "--report_to",
+                "none",
+            ]
+        )
     return work / "stage2"
 
 
@@ -215,8 +231,15 @@ def test_auto_peft_keeps_the_vocabulary_when_the_image_token_was_added(build, tm
     auto = AutoPeftModelForCausalLM.from_pretrained("adapter", trust_remote_code=True)
     assert auto.get_input_embeddings().num_embeddings == vocab_size
     plain = PeftModel.from_pretrained(MiniLlavaForConditionalGeneration.from_pretrained("base"), "adapter")
-    messages = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (40, 30))},
-                                             {"type": "text", "text": "What is the total?"}]}]  # fmt: skip
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": Image.new("RGB", (40, 30))},
+                {"type": "text", "text": "What is the total?"},
+            ],
+        }
+    ]
     batch = processor.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
@@ -251,8 +274,15 @@ def test_stage2_run_output_names_no_local_path(stage2, tmp_path_factory):
     hits = files_naming(stage2, str(tmp_path_factory.getbasetemp()))
     assert {name for name in hits if name != "run_info.json"} == set(), hits
     scanned = {str(p.relative_to(stage2)) for p in text_files(stage2)}
-    expected = {"adapter_config.json", "README.md", "merged/config.json", "checkpoint-2/adapter_config.json",
-                "checkpoint-2/README.md", "checkpoint-2/trainer_state.json", "processor_config.json"}  # fmt: skip
+    expected = {
+        "adapter_config.json",
+        "README.md",
+        "merged/config.json",
+        "checkpoint-2/adapter_config.json",
+        "checkpoint-2/README.md",
+        "checkpoint-2/trainer_state.json",
+        "processor_config.json",
+    }
     assert expected <= scanned
     merged = json.loads((stage2 / "merged" / "config.json").read_text())
     assert merged["text_config"]["_name_or_path"] == "llm-qwen2"  # backbones outside the launch folder: by name
@@ -266,9 +296,25 @@ def test_run_eval_card_names_no_local_path(stage2, model_dir, synthetic, tmp_pat
     card_path = stage2 / "README.md"
     trained_name = ModelCard.load(card_path).data.model_name  # run_sft's card, before the evaluation
     evaluation.main(
-        ["--model", model_dir, "--adapter", str(stage2), "--dataset", synthetic, "--split", "test",
-         "--max_samples", "2", "--max_new_tokens", "2", "--batch_size", "2", "--output_dir", str(tmp_path / "eval")]
-    )  # fmt: skip
+        [
+            "--model",
+            model_dir,
+            "--adapter",
+            str(stage2),
+            "--dataset",
+            synthetic,
+            "--split",
+            "test",
+            "--max_samples",
+            "2",
+            "--max_new_tokens",
+            "2",
+            "--batch_size",
+            "2",
+            "--output_dir",
+            str(tmp_path / "eval"),
+        ]
+    )
     assert str(tmp_path_factory.getbasetemp()) not in card_path.read_text()
     card = ModelCard.load(card_path)
     assert card.data.eval_results and card.data.eval_results[0].dataset_name == "synthetic"
@@ -284,8 +330,14 @@ def test_model_card_drops_absolute_base_models_and_keeps_hub_ids(tmp_path):
         f"---\nbase_model:\n- {local}\n- Qwen/Qwen2.5-1.5B-Instruct\nlibrary_name: peft\ntags:\n"
         f"- base_model:adapter:{local}\n- base_model:adapter:Qwen/Qwen2.5-1.5B-Instruct\n- lora\n---\n\n# card\n"
     )
-    result = EvalResult(task_type="visual-question-answering", dataset_type="synthetic", dataset_name="synthetic",
-                        dataset_split="test", metric_type="exact_match", metric_value=0.5)  # fmt: skip
+    result = EvalResult(
+        task_type="visual-question-answering",
+        dataset_type="synthetic",
+        dataset_name="synthetic",
+        dataset_split="test",
+        metric_type="exact_match",
+        metric_value=0.5,
+    )
     path = write_model_card(str(tmp_path), [result], model_name="adapter")
     assert str(tmp_path) not in path.read_text()
     card = ModelCard.load(path)

@@ -56,8 +56,16 @@ def llava_next(anyres):
 def test_pinpoints_from_max_tiles_and_counts_agree_everywhere(anyres, llava_next):
     model, processor = anyres
     config = model.config
-    assert config.image_grid_pinpoints == [[128, 128], [128, 256], [128, 384], [128, 512], [256, 128], [256, 256],
-                                           [384, 128], [512, 128]]  # fmt: skip
+    assert config.image_grid_pinpoints == [
+        [128, 128],
+        [128, 256],
+        [128, 384],
+        [128, 512],
+        [256, 128],
+        [256, 256],
+        [384, 128],
+        [512, 128],
+    ]
     assert processor.image_processor.image_grid_pinpoints == config.image_grid_pinpoints
     assert config.tile_feature_side == 8 and model.model.image_newline.shape == (config.text_config.hidden_size,)
     next_processor = llava_next[1]
@@ -231,8 +239,10 @@ def test_chat_template_tokenize_and_trls_collator_carry_anyres_inputs(anyres):
 
     def row(image, answer):
         user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the total?"}]}
-        return {"messages": [user, {"role": "assistant", "content": [{"type": "text", "text": answer}]}],
-                "images": [image]}  # fmt: skip
+        return {
+            "messages": [user, {"role": "assistant", "content": [{"type": "text", "text": answer}]}],
+            "images": [image],
+        }
 
     batch = DataCollatorForVisionLanguageModeling(processor)([row(tall, "250"), row(wide, "Acme Corp")])
     assert batch["image_grids"].tolist() == [[3, 1], [1, 4]]

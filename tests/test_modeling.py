@@ -27,9 +27,10 @@ def _labels_on_text_tail(batch, n_tail: int) -> torch.Tensor:
     return labels
 
 
-@pytest.mark.parametrize("vision, llm, projector", list(itertools.product(
-    ["siglip", "clip"], ["qwen2", "llama"], ["mlp2x_gelu", "perceiver", "pixel_shuffle_mlp"]
-)))  # fmt: skip
+@pytest.mark.parametrize(
+    "vision, llm, projector",
+    list(itertools.product(["siglip", "clip"], ["qwen2", "llama"], ["mlp2x_gelu", "perceiver", "pixel_shuffle_mlp"])),
+)
 def test_every_backbone_and_projector_runs_forward_and_backward(build, vision, llm, projector):
     model, processor = build(vision, llm, projector_type=projector, perceiver_num_latents=8)
     expected_tokens = {"mlp2x_gelu": 64, "perceiver": 8, "pixel_shuffle_mlp": 16}[projector]

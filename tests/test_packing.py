@@ -31,14 +31,28 @@ def image(color, size=(40, 30)) -> Image.Image:
 
 # Mixed lengths and image counts (1, 0, 2 images; one two-turn row), so segment boundaries and image order matter.
 ROWS = [
-    {"id": "one-image", "images": [image((200, 30, 30))],
-     "messages": [user("What is the invoice total?", 1), assistant("250 Acme Corp")]},
+    {
+        "id": "one-image",
+        "images": [image((200, 30, 30))],
+        "messages": [user("What is the invoice total?", 1), assistant("250 Acme Corp")],
+    },
     {"id": "text-only", "images": [], "messages": [user("Is there a logo?"), assistant("Yes")]},
-    {"id": "two-images", "images": [image((0, 90, 200)), image((40, 90, 20), (30, 30))],
-     "messages": [user("Quantity and vendor?", 2), assistant("12 units from Globex, invoice 7781")]},
-    {"id": "two-turns", "images": [image((90, 90, 90))],
-     "messages": [user("What kind of document?", 1), assistant("receipt"), user("Paid?"), assistant("yes, in cash")]},
-]  # fmt: skip
+    {
+        "id": "two-images",
+        "images": [image((0, 90, 200)), image((40, 90, 20), (30, 30))],
+        "messages": [user("Quantity and vendor?", 2), assistant("12 units from Globex, invoice 7781")],
+    },
+    {
+        "id": "two-turns",
+        "images": [image((90, 90, 90))],
+        "messages": [
+            user("What kind of document?", 1),
+            assistant("receipt"),
+            user("Paid?"),
+            assistant("yes, in cash"),
+        ],
+    },
+]
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,15 @@ from recipes.arguments import looks_local
 
 
 def recipe(tmp_path, **changes) -> str:
-    values = {"vision_name": "v", "llm_name": "l", "datasets": [{"path": "d"}], "output_dir": str(tmp_path / "o"),
-              "use_cpu": True, "bf16": False, **changes}  # fmt: skip
+    values = {
+        "vision_name": "v",
+        "llm_name": "l",
+        "datasets": [{"path": "d"}],
+        "output_dir": str(tmp_path / "o"),
+        "use_cpu": True,
+        "bf16": False,
+        **changes,
+    }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump({k: v for k, v in values.items() if v is not None}))
     return str(path)

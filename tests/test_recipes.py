@@ -110,12 +110,16 @@ BASE = {
 
 def test_files_merge_left_to_right_then_flags_win(tmp_path):
     base = write(tmp_path, "base.yaml", BASE)
-    overlay = write(tmp_path, "over.yaml", {
-        "lora_target_modules": ["o_proj"],  # a list is replaced, not appended to
-        "datasets": [{"path": "org/c"}],
-        "gradient_checkpointing_kwargs": {"use_reentrant": True},  # a mapping merges key by key
-        "learning_rate": 2.0e-4,
-    })  # fmt: skip
+    overlay = write(
+        tmp_path,
+        "over.yaml",
+        {
+            "lora_target_modules": ["o_proj"],  # a list is replaced, not appended to
+            "datasets": [{"path": "org/c"}],
+            "gradient_checkpointing_kwargs": {"use_reentrant": True},  # a mapping merges key by key
+            "learning_rate": 2.0e-4,
+        },
+    )
     last = write(tmp_path, "last.yaml", {"learning_rate": 3.0e-4})
     model_args, data_args, training_args = recipes.parse_recipe([base, overlay, last, "--output_dir", "out/flag"])
     assert model_args.lora_target_modules == ["o_proj"]

@@ -32,8 +32,20 @@ def row(text: str, *starts: str) -> str:
 def render_report(folder, ablations: str, bench: str, smoke: str, image_splitting: str) -> str:
     """make_report's main on these inputs, the REPORT.md it writes into `folder`."""
     out = os.path.join(folder, "REPORT.md")
-    report.main(["--ablations", ablations, "--bench", bench, "--smoke", smoke, "--image_splitting", image_splitting,
-                 "--out", out])  # fmt: skip
+    report.main(
+        [
+            "--ablations",
+            ablations,
+            "--bench",
+            bench,
+            "--smoke",
+            smoke,
+            "--image_splitting",
+            image_splitting,
+            "--out",
+            out,
+        ]
+    )
     with open(out) as f:
         return f.read()
 
@@ -129,18 +141,47 @@ def test_image_splitting_section_reads_its_own_ablation():
     worth of difference is called out as no evidence."""
     import report_sections
 
-    run = lambda em, loss, kv: {"exact_match": em, "last_loss": loss, "num_tokens": 1000, "per_question_type": {
-        "key_value": {"count": 40, "exact_match": kv}, "unanswerable": {"count": 10, "exact_match": 0.5}}}  # fmt: skip
+    run = lambda em, loss, kv: {
+        "exact_match": em,
+        "last_loss": loss,
+        "num_tokens": 1000,
+        "per_question_type": {
+            "key_value": {"count": 40, "exact_match": kv},
+            "unanswerable": {"count": 10, "exact_match": 0.5},
+        },
+    }
     arms = {
-        "hr_single": {"keys": {"num_train_epochs": 7}, "n_seeds": 2, "seeds": {"0": run(0.025, 1.3, 0.025),
-                      "1": run(0.025, 1.4, 0.025)}, "mean": {"exact_match": 0.025, "last_loss": 1.35}, "std": {}},
-        "hr_anyres": {"keys": {"max_tiles": 12}, "n_seeds": 2, "seeds": {"0": run(0.0, 2.5, 0.0),
-                      "1": run(0.0, 2.9, 0.0)}, "mean": {"exact_match": 0.0, "last_loss": 2.7}, "std": {}},
-    }  # fmt: skip
-    comparisons = [{"metric": "exact_match", "mean_a": 0.025, "std_a": 0, "mean_b": 0.0, "std_b": 0, "diff": -0.025,
-                    "p_value": 0.0, "ci95": [-0.025, -0.025], "verdict": "real: hr_anyres lower"}]  # fmt: skip
-    text = report_sections.image_splitting_section({"config": {"seeds": [0, 1]}, "arms": arms,
-                                                    "comparisons": comparisons})  # fmt: skip
+        "hr_single": {
+            "keys": {"num_train_epochs": 7},
+            "n_seeds": 2,
+            "seeds": {"0": run(0.025, 1.3, 0.025), "1": run(0.025, 1.4, 0.025)},
+            "mean": {"exact_match": 0.025, "last_loss": 1.35},
+            "std": {},
+        },
+        "hr_anyres": {
+            "keys": {"max_tiles": 12},
+            "n_seeds": 2,
+            "seeds": {"0": run(0.0, 2.5, 0.0), "1": run(0.0, 2.9, 0.0)},
+            "mean": {"exact_match": 0.0, "last_loss": 2.7},
+            "std": {},
+        },
+    }
+    comparisons = [
+        {
+            "metric": "exact_match",
+            "mean_a": 0.025,
+            "std_a": 0,
+            "mean_b": 0.0,
+            "std_b": 0,
+            "diff": -0.025,
+            "p_value": 0.0,
+            "ci95": [-0.025, -0.025],
+            "verdict": "real: hr_anyres lower",
+        }
+    ]
+    text = report_sections.image_splitting_section(
+        {"config": {"seeds": [0, 1]}, "arms": arms, "comparisons": comparisons}
+    )
     assert "| key_value | 0.025 (n=40) | 0.000 (n=40) |" in text
     assert "max_tiles=12" in text and "real: hr_anyres lower" in text
     assert "one row of 40 is 0.025" in text and "Neither arm learned" in text

@@ -172,8 +172,14 @@ def test_stage1_builds_and_runs_with_tiny_backbones(size, backbones, synthetic):
 
 
 def bad_recipe(tmp_path, **changes) -> str:
-    recipe = {"vision_name": "v", "llm_name": "l", "datasets": [{"path": "d"}], "output_dir": str(tmp_path / "o"),
-              "use_cpu": True, "bf16": False}  # fmt: skip
+    recipe = {
+        "vision_name": "v",
+        "llm_name": "l",
+        "datasets": [{"path": "d"}],
+        "output_dir": str(tmp_path / "o"),
+        "use_cpu": True,
+        "bf16": False,
+    }
     recipe.update(changes)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({k: v for k, v in recipe.items() if v is not None}))
@@ -295,8 +301,9 @@ def test_train_plan_lora(build, write_recipe, tmp_path):
 
 @pytest.mark.slow
 def test_same_seed_same_losses_other_seed_differs(write_recipe, tmp_path):
-    runs = {name: recipes.run([write_recipe(tmp_path, name, seed=seed)]) for name, seed in
-            [("a", 0), ("b", 0), ("c", 1)]}  # fmt: skip
+    runs = {
+        name: recipes.run([write_recipe(tmp_path, name, seed=seed)]) for name, seed in [("a", 0), ("b", 0), ("c", 1)]
+    }
     losses = {name: [loss for _, loss in summary["losses"]] for name, summary in runs.items()}
     assert len(losses["a"]) == 3 and all(math.isfinite(x) for x in losses["a"])
     assert losses["a"] == losses["b"]
@@ -381,8 +388,9 @@ def test_every_saved_folder_carries_its_provenance(full_run, synthetic, backbone
     # Local folders outside the launch directory are named by their folder name, never by this machine's path.
     assert info["base_models"] == {"vision": "vision-siglip", "llm": "llm-qwen2"}
     manifest = json.loads((Path(synthetic) / "manifest.json").read_text())
-    assert info["datasets"] == [{"path": "synthetic", "split": "train", "fraction": None,
-                                 "fingerprint": manifest["fingerprint"]}]  # fmt: skip
+    assert info["datasets"] == [
+        {"path": "synthetic", "split": "train", "fraction": None, "fingerprint": manifest["fingerprint"]}
+    ]
     assert info["seed"] == 3 and info["train_rows"] == 16 and info["world_size"] == 1
     assert re.fullmatch(r"[0-9a-f]{40}", info["git_commit"])
     # Others may commit while this runs: the recorded commit must be HEAD or one of its ancestors.
@@ -391,7 +399,10 @@ def test_every_saved_folder_carries_its_provenance(full_run, synthetic, backbone
     assert isinstance(info["git_dirty"], bool)
     assert info["packages"]["torch"] == torch.__version__
     assert (info["packages"]["transformers"], info["packages"]["trl"], info["packages"]["peft"]) == (
-        transformers.__version__, trl.__version__, peft.__version__)  # fmt: skip
+        transformers.__version__,
+        trl.__version__,
+        peft.__version__,
+    )
     model = MiniLlavaForConditionalGeneration.from_pretrained(out)
     n_params = sum(p.numel() for p in model.parameters())
     plan = info["train_plan"]
@@ -406,7 +417,8 @@ def test_every_saved_folder_carries_its_provenance(full_run, synthetic, backbone
     original = recipes.parse_recipe([full_run["recipe"]])
     for a, b in zip(again, original):
         assert (a.to_dict() if hasattr(a, "to_dict") else dataclasses.asdict(a)) == (
-            b.to_dict() if hasattr(b, "to_dict") else dataclasses.asdict(b))  # fmt: skip
+            b.to_dict() if hasattr(b, "to_dict") else dataclasses.asdict(b)
+        )
 
     card = ModelCard.load(out / "README.md")
     assert card.data.base_model == ["vision-siglip", "llm-qwen2"] and card.data.datasets == ["synthetic"]
@@ -468,9 +480,17 @@ def test_lora_run_checkpoint_and_merged_folder(full_run, write_recipe, synthetic
 
     init = str(full_run["out"])
     recipe = write_recipe(
-        tmp_path, "lora", init_from=init, vision_name=None, llm_name=None, llm_full=False, lora_r=8,
-        max_steps=2, save_strategy="steps", save_steps=2,
-    )  # fmt: skip
+        tmp_path,
+        "lora",
+        init_from=init,
+        vision_name=None,
+        llm_name=None,
+        llm_full=False,
+        lora_r=8,
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+    )
     summary = recipes.run([recipe])
     assert summary["global_step"] == 2
     out = tmp_path / "lora"
@@ -508,11 +528,22 @@ def test_qlora_trains_on_cpu(full_run, write_recipe, synthetic, tmp_path):
 
     init = str(full_run["out"])
     recipe = write_recipe(
-        tmp_path, "qlora", init_from=init, vision_name=None, llm_name=None, llm_full=False, load_in_4bit=True,
-        lora_r=8, lora_dropout=0.0, dtype="bfloat16", bf16=True, max_steps=2,  # as recipes/stage2_7b_qlora.yaml
-        eval_strategy="steps", eval_steps=1,  # an eval (no_grad) forward between training steps: the CPU trap
+        tmp_path,
+        "qlora",
+        init_from=init,
+        vision_name=None,
+        llm_name=None,
+        llm_full=False,
+        load_in_4bit=True,
+        lora_r=8,
+        lora_dropout=0.0,
+        dtype="bfloat16",
+        bf16=True,
+        max_steps=2,  # as recipes/stage2_7b_qlora.yaml
+        eval_strategy="steps",
+        eval_steps=1,  # an eval (no_grad) forward between training steps: the CPU trap
         attn_implementation="eager",  # not the default (sdpa): the 4-bit load once dropped the recipe's choice
-    )  # fmt: skip
+    )
     model_args, _, training_args = recipes.parse_recipe([recipe])
     model, processor = build_model(model_args, training_args), recipes.build_processor(model_args)[0]
     assert model.config._attn_implementation == model.config.text_config._attn_implementation == "eager"

@@ -16,12 +16,28 @@ from data_scripts.make_synthetic import build_synthetic
 from data_scripts.schema import load_dataset_dir
 
 # TRL's configs default to bf16 + gradient checkpointing; a 2-core CPU wants neither.
-ON_CPU = {"use_cpu": True, "bf16": False, "gradient_checkpointing": False, "report_to": "none", "save_strategy": "no",
-          "dataloader_num_workers": 0, "logging_steps": 1, "seed": 0}  # fmt: skip
+ON_CPU = {
+    "use_cpu": True,
+    "bf16": False,
+    "gradient_checkpointing": False,
+    "report_to": "none",
+    "save_strategy": "no",
+    "dataloader_num_workers": 0,
+    "logging_steps": 1,
+    "seed": 0,
+}
 PROJECTOR = "model.multi_modal_projector.linear_1.weight"
 TOWER = "model.vision_tower.embeddings.patch_embedding.weight"
-SAVED_FILES = {"config.json", "model.safetensors", "modeling_minillava.py", "configuration_minillava.py",
-               "projectors.py", "processing_minillava.py", "processor_config.json", "chat_template.jinja"}  # fmt: skip
+SAVED_FILES = {
+    "config.json",
+    "model.safetensors",
+    "modeling_minillava.py",
+    "configuration_minillava.py",
+    "projectors.py",
+    "processing_minillava.py",
+    "processor_config.json",
+    "chat_template.jinja",
+}
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +164,10 @@ def grpo_run(build, train_rows, tmp_path_factory) -> dict:
     """
     model, processor = build("siglip", "qwen2")
     prompts = train_rows.map(lambda r: {"prompt": r["messages"][:1]}, remove_columns="messages", keep_in_memory=True)
-    lengths = [len(processor.tokenizer(processor.apply_chat_template(p, add_generation_prompt=True)).input_ids)
-               for p in prompts["prompt"]]  # fmt: skip
+    lengths = [
+        len(processor.tokenizer(processor.apply_chat_template(p, add_generation_prompt=True)).input_ids)
+        for p in prompts["prompt"]
+    ]
     picked = [lengths.index(n) for n in sorted(set(lengths))][:4]
     assert len(picked) == 4, lengths
     calls, seen = [], []
@@ -165,11 +183,23 @@ def grpo_run(build, train_rows, tmp_path_factory) -> dict:
         return [-float(len(c[0]["content"])) for c in completions]
 
     model.generate = recording_generate
-    args = GRPOConfig(output_dir=str(tmp_path_factory.mktemp("grpo")), max_steps=2, per_device_train_batch_size=4,
-                      num_generations=2, max_completion_length=4, learning_rate=1e-3, log_completions=False,
-                      **ON_CPU)  # fmt: skip
-    trainer = GRPOTrainer(model=model, reward_funcs=shorter_is_better, args=args,
-                          train_dataset=prompts.select(picked), processing_class=processor)  # fmt: skip
+    args = GRPOConfig(
+        output_dir=str(tmp_path_factory.mktemp("grpo")),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=4,
+        learning_rate=1e-3,
+        log_completions=False,
+        **ON_CPU,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=shorter_is_better,
+        args=args,
+        train_dataset=prompts.select(picked),
+        processing_class=processor,
+    )
     trainer.train()
     return {"trainer": trainer, "calls": calls, "completion_ids": seen, "processor": processor}
 
@@ -207,11 +237,36 @@ def test_grpo_prompts_reach_generate_without_padding_inside(grpo_run):
 
 
 def cli_args(model_dir: str, dataset_dir: str, out_dir: str) -> list[str]:
-    return ["--model_name_or_path", model_dir, "--trust_remote_code", "--dataset_name", dataset_dir,
-            "--output_dir", out_dir, "--max_steps", "2", "--per_device_train_batch_size", "2",
-            "--learning_rate", "1e-3", "--use_cpu", "--bf16", "false", "--gradient_checkpointing", "false",
-            "--report_to", "none", "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "2",
-            "--dataloader_num_workers", "0"]  # fmt: skip
+    return [
+        "--model_name_or_path",
+        model_dir,
+        "--trust_remote_code",
+        "--dataset_name",
+        dataset_dir,
+        "--output_dir",
+        out_dir,
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--learning_rate",
+        "1e-3",
+        "--use_cpu",
+        "--bf16",
+        "false",
+        "--gradient_checkpointing",
+        "false",
+        "--report_to",
+        "none",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--dataloader_num_workers",
+        "0",
+    ]
 
 
 # `python -m trl.scripts.sft` with the project made unimportable: only the folder's remote code can serve; then the
@@ -268,9 +323,13 @@ def test_trl_sft_script_trains_remote_code_folder_on_our_dataset(model_folder, s
     # `load_dataset(folder)` reads EVERY *.arrow under a split folder, `.map` cache files included.
     assert not [f for _, _, names in os.walk(synthetic) for f in names if f.startswith("cache-")]
     fresh_python(
-        CHILD, *cli_args(model_folder, synthetic, str(out)), result, timeout=300,
-        HF_DATASETS_CACHE=str(tmp_path / "hf_datasets"), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"),
-    )  # fmt: skip
+        CHILD,
+        *cli_args(model_folder, synthetic, str(out)),
+        result,
+        timeout=300,
+        HF_DATASETS_CACHE=str(tmp_path / "hf_datasets"),
+        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"),
+    )
 
     assert set(os.listdir(out)) >= SAVED_FILES  # a whole remote-code model + processor
     assert "AutoModelForImageTextToText" in json.loads((out / "config.json").read_text())["auto_map"]
@@ -294,7 +353,8 @@ def test_sft_trainer_given_a_model_folder_keeps_the_tower_frozen(model_folder, t
 
     loaded = AutoModelForImageTextToText.from_pretrained(model_folder)
     assert not any(p.requires_grad for p in loaded.model.vision_tower.parameters())
-    trainer = SFTTrainer(model=model_folder, args=SFTConfig(output_dir=str(tmp_path), max_steps=1, **ON_CPU),
-                         train_dataset=train_rows)  # fmt: skip
+    trainer = SFTTrainer(
+        model=model_folder, args=SFTConfig(output_dir=str(tmp_path), max_steps=1, **ON_CPU), train_dataset=train_rows
+    )
     assert not any(p.requires_grad for p in trainer.model.model.vision_tower.parameters())
     assert all(p.requires_grad for p in trainer.model.model.multi_modal_projector.parameters())
