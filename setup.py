@@ -18,7 +18,8 @@ TRAIN = [
 DEEPSPEED = ["deepspeed>=0.19.8,<0.20"]
 EVAL = ["evaluate>=0.4.6,<0.5", "matplotlib>=3.8", "huggingface_hub>=1.0", "scipy>=1.11"] + DATA
 DEMO = ["gradio>=6.31,<6.32"]
-DEV = sorted(set(TRAIN + DEEPSPEED + EVAL + DEMO + ["pytest>=9", "ruff", "playwright>=1.50"]))
+SERVE = ["gguf>=0.19,<0.20"]  # scripts/export_gguf.py (llama.cpp); the engines live in their own venvs
+DEV = sorted(set(TRAIN + DEEPSPEED + EVAL + DEMO + SERVE + ["pytest>=9", "ruff", "playwright>=1.50"]))
 
 setup(
     name="minillava",
@@ -38,6 +39,7 @@ setup(
         "deepspeed": DEEPSPEED,
         "eval": EVAL,
         "demo": DEMO,
+        "serve": SERVE,
         "dev": DEV,
     },
 )
