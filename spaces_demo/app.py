@@ -239,61 +239,141 @@ def render_verdict(result: dict | None, reasons: dict[str, str], state: str = "i
     )
 
 
-def build_demo(model, processor) -> gr.Blocks:
-    reasons, decide = abstention_rules(processor, model.generation_config)
-    default_threshold = float(getattr(model.generation_config, "abstain_threshold", None) or 0.0)
-    model_name = getattr(model.config, "_name_or_path", "") or "model"
+def stream_answer(model, processor, image: Image.Image, question: str, running: str):
+    """Generate in a thread while yielding the UI's (text so far, `running` verdict, None, None); returns
+    generate_answer's result. A failure is logged with its trace and shown as a short gr.Error."""
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
+    result = {}
 
-    def shown(result: dict) -> tuple:
+    def run():
+        try:
+            result["out"] = generate_answer(model, processor, image, question, streamer)
+        except Exception as error:  # surfaced below; end the stream so the loop does not wait for the timeout
+            result["error"] = error
+            streamer.end()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    partial = ""
+    for piece in streamer:
+        partial += piece
+        yield partial, running, None, None
+    thread.join()
+    if "error" in result:
+        LOG.error("generation failed", exc_info=result["error"])  # our fault, not the user's: keep the trace
+        raise gr.Error("The model failed on this request; please try again.", print_exception=False)
+    return result["out"]
+
+
+class Handlers:
+    """The app's event handlers over one loaded model, with its own abstention rule (its remote code) and its saved
+    threshold (generation_config.abstain_threshold)."""
+
+    def __init__(self, model, processor):
+        self.model, self.processor = model, processor
+        self.reasons, self.decide = abstention_rules(processor, model.generation_config)
+        self.default_threshold = float(getattr(model.generation_config, "abstain_threshold", None) or 0.0)
+
+    def shown(self, result: dict) -> tuple:
         """(answer box, verdict html, result for the API, state) for one post-processed answer."""
-        result = {**result, "reason_text": reasons.get(result["reason"])}
+        result = {**result, "reason_text": self.reasons.get(result["reason"])}
         answer_text = NOT_FOUND if result["abstained"] else result["answer"]
-        return answer_text, render_verdict(result, reasons), result, result
+        return answer_text, render_verdict(result, self.reasons), result, result
 
-    def answer(upload, question, threshold):
+    def answer(self, upload, question, threshold):
         """Stream the answer, then the answer or NOT_FOUND, the verdict and the post-processed result."""
         image = open_image(upload)
         question = check_question(question)
-        threshold = check_threshold(threshold, default_threshold)
-        streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
-        result = {}
+        threshold = check_threshold(threshold, self.default_threshold)
+        running = render_verdict(None, self.reasons, "running")
+        out, prompt_length, reading = yield from stream_answer(self.model, self.processor, image, question, running)
+        generation_config = self.model.generation_config
+        results = self.processor.post_process_answers(out, prompt_length, generation_config, threshold=threshold)
+        yield self.shown({**results[0], "image_reading": reading})
 
-        def run():
-            try:
-                result["out"] = generate_answer(model, processor, image, question, streamer)
-            except Exception as error:  # surfaced below; end the stream so the loop does not wait for the timeout
-                result["error"] = error
-                streamer.end()
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        partial = ""
-        for piece in streamer:
-            partial += piece
-            yield partial, render_verdict(None, reasons, "running"), None, None
-        thread.join()
-        if "error" in result:
-            LOG.error("generation failed", exc_info=result["error"])  # our fault, not the user's: keep the trace
-            raise gr.Error("The model failed on this request; please try again.", print_exception=False)
-        out, prompt_length, reading = result["out"]
-        results = processor.post_process_answers(out, prompt_length, model.generation_config, threshold=threshold)
-        yield shown({**results[0], "image_reading": reading})
-
-    def rethreshold(last, threshold):
+    def rethreshold(self, last, threshold):
         """Slider moved: re-decide the last answer under the new threshold (the model's own rule from its remote
         code), without running the model again."""
         try:
-            threshold = check_threshold(threshold, default_threshold)
+            threshold = check_threshold(threshold, self.default_threshold)
         except gr.Error:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         if not last:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        reason = decide(last["answer"], last["confidence"], threshold)
-        return shown({**last, "threshold": threshold, "reason": reason, "abstained": reason is not None})
+        reason = self.decide(last["answer"], last["confidence"], threshold)
+        return self.shown({**last, "threshold": threshold, "reason": reason, "abstained": reason is not None})
 
-    def clear():
-        return "", render_verdict(None, reasons), None, None
+    def clear(self):
+        return "", render_verdict(None, self.reasons), None, None
 
+
+def input_column(default_threshold: float) -> tuple:
+    """(image, question, threshold slider, ask button)."""
+    with gr.Column():
+        sources = ["upload", "clipboard"]
+        image = gr.Image(type="filepath", image_mode=None, sources=sources, label="Image", elem_id="image", height=360)
+        question = gr.Textbox(
+            label="Question",
+            placeholder="e.g. What is the total due?",
+            max_lines=3,
+            elem_id="question",
+            max_length=MAX_QUESTION_CHARS,
+        )
+        threshold = gr.Slider(
+            0.0,
+            1.0,
+            value=default_threshold,
+            step=0.01,
+            elem_id="threshold",
+            label="Threshold",
+            info="Answer only when the model is at least this confident (0.65 = 65%). The model's saved "
+            "value is preselected; move it to explore.",
+        )
+        submit = gr.Button("Ask", variant="primary", elem_id="ask")
+    return image, question, threshold, submit
+
+
+def output_column(reasons: dict[str, str]) -> tuple:
+    """(answer box, verdict, details JSON)."""
+    with gr.Column():
+        answer_box = gr.Textbox(
+            label="Answer", interactive=False, elem_id="answer", lines=2, max_lines=12, autoscroll=False
+        )
+        verdict = gr.HTML(render_verdict(None, reasons), label="Verdict", elem_id="verdict-box")
+        with gr.Accordion("Details (for developers)", open=False):
+            details = gr.JSON(label="Result", elem_id="result")
+    return answer_box, verdict, details
+
+
+def connect_events(handlers: Handlers, image, question, threshold, submit, outputs: list) -> None:
+    """Ask (button, Enter, an example), clear on a refused request or a new image, re-decide on the slider."""
+    # preprocess=False: gradio's image preprocessing decodes the upload itself, so corrupt files and decompression
+    # bombs would fail there with a generic error; `open_image` opens it under guards and says what is wrong.
+    # The upload-folder check on the path still runs (it happens before preprocessing).
+    inputs, private = [image, question, threshold], {"api_visibility": "private"}
+    asked = submit.click(handlers.answer, inputs, outputs, api_name="answer", preprocess=False)
+    entered = question.submit(handlers.answer, inputs, outputs, preprocess=False, **private)
+    for event in (asked, entered):  # a refused request leaves no earlier answer on screen
+        event.failure(handlers.clear, None, outputs, queue=False, **private)
+    for event in (image.upload, image.clear):  # a new image: the old answer is about another image
+        event(handlers.clear, None, outputs, queue=False, **private)
+    threshold.change(handlers.rethreshold, [outputs[-1], threshold], outputs, queue=False, **private)
+    # After the events, so that `answer` keeps api_name='answer' (examples register it again, undocumented).
+    gr.Examples(
+        examples=[[str(EXAMPLES_DIR / name), q] for name, q in EXAMPLES],
+        inputs=inputs,  # the threshold is not in the rows: the slider's value is used
+        outputs=outputs,
+        fn=handlers.answer,
+        run_on_click=True,
+        cache_examples=False,  # a Space would cache by default: answers must follow the slider
+        label="Examples (synthetic screenshots): click one to run it",
+        elem_id="examples",
+    )
+
+
+def build_demo(model, processor) -> gr.Blocks:
+    handlers = Handlers(model, processor)
+    model_name = getattr(model.config, "_name_or_path", "") or "model"
     with gr.Blocks(title="Mini-LLaVA: ask a screenshot") as demo:
         gr.Markdown(
             "# Mini-LLaVA: ask a screenshot\n"
@@ -303,51 +383,9 @@ def build_demo(model, processor) -> gr.Blocks:
         )
         last = gr.State(None)  # the last post-processed result, for the slider
         with gr.Row():
-            with gr.Column():
-                image = gr.Image(
-                    type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Image",
-                    elem_id="image", height=360,
-                )  # fmt: skip
-                question = gr.Textbox(
-                    label="Question", placeholder="e.g. What is the total due?", max_lines=3, elem_id="question",
-                    max_length=MAX_QUESTION_CHARS,
-                )  # fmt: skip
-                threshold = gr.Slider(
-                    0.0, 1.0, value=default_threshold, step=0.01, elem_id="threshold", label="Threshold",
-                    info="Answer only when the model is at least this confident (0.65 = 65%). The model's saved "
-                    "value is preselected; move it to explore.",
-                )  # fmt: skip
-                submit = gr.Button("Ask", variant="primary", elem_id="ask")
-            with gr.Column():
-                answer_box = gr.Textbox(
-                    label="Answer", interactive=False, elem_id="answer", lines=2, max_lines=12, autoscroll=False
-                )
-                verdict = gr.HTML(render_verdict(None, reasons), label="Verdict", elem_id="verdict-box")
-                with gr.Accordion("Details (for developers)", open=False):
-                    details = gr.JSON(label="Result", elem_id="result")
-        outputs = [answer_box, verdict, details, last]
-        # preprocess=False: gradio's image preprocessing decodes the upload itself, so corrupt files and decompression
-        # bombs would fail there with a generic error; `open_image` opens it under guards and says what is wrong.
-        # The upload-folder check on the path still runs (it happens before preprocessing).
-        inputs = [image, question, threshold]
-        asked = submit.click(answer, inputs, outputs, api_name="answer", preprocess=False)
-        entered = question.submit(answer, inputs, outputs, api_visibility="private", preprocess=False)
-        for event in (asked, entered):  # a refused request leaves no earlier answer on screen
-            event.failure(clear, None, outputs, api_visibility="private", queue=False)
-        for event in (image.upload, image.clear):  # a new image: the old answer is about another image
-            event(clear, None, outputs, api_visibility="private", queue=False)
-        threshold.change(rethreshold, [last, threshold], outputs, api_visibility="private", queue=False)
-        # After the events, so that `answer` keeps api_name='answer' (examples register it again, undocumented).
-        gr.Examples(
-            examples=[[str(EXAMPLES_DIR / name), q] for name, q in EXAMPLES],
-            inputs=[image, question, threshold],  # the threshold is not in the rows: the slider's value is used
-            outputs=outputs,
-            fn=answer,
-            run_on_click=True,
-            cache_examples=False,  # a Space would cache by default: answers must follow the slider
-            label="Examples (synthetic screenshots): click one to run it",
-            elem_id="examples",
-        )
+            image, question, threshold, submit = input_column(handlers.default_threshold)
+            outputs = [*output_column(handlers.reasons), last]
+        connect_events(handlers, image, question, threshold, submit, outputs)
     return demo
 
 
