@@ -30,13 +30,9 @@ import subprocess
 import sys
 import time
 
-SCRIPTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(SCRIPTS)
-# Run as `python scripts/ablations.py` or loaded from its path (tests): the repo's packages import from the root, the
-# sibling ablation_* modules from scripts/ (not a package).
-sys.path[:0] = [p for p in (ROOT, SCRIPTS) if p not in sys.path]
-# The script's public names (the statistics and arm discovery included) stay importable from it: tests load it by path.
-from ablation_arms import (  # noqa: E402, F401
+# Run as `python scripts/ablations.py` (the project installed, as scripts/setup_env.sh does): the sibling ablation_*
+# modules import by name. The script's public names (statistics, arm discovery) stay importable from it.
+from ablation_arms import (  # noqa: F401
     ARMS,
     COMPARISONS,
     DEFAULT_ARMS,
@@ -45,7 +41,7 @@ from ablation_arms import (  # noqa: E402, F401
     discover_arms,
     select_arms,
 )
-from ablation_stats import (  # noqa: E402, F401
+from ablation_stats import (  # noqa: F401
     STATISTICS,
     build_comparisons,
     compare,
@@ -57,9 +53,10 @@ from ablation_stats import (  # noqa: E402, F401
     summarize_arm,
 )
 
-from data_scripts.make_tiny_backbones import IMAGE_SIZE as TINY_TILE  # noqa: E402  (the small text's tile size)
-from data_scripts.run_metadata import code_version, machine_info  # noqa: E402
+from data_scripts.make_tiny_backbones import IMAGE_SIZE as TINY_TILE  # the small text's tile size
+from data_scripts.run_metadata import code_version, machine_info
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The explicit ablation budget: the smoke run's data (n=2000) and stage-1 schedule (4 epochs), stage 2 at half the
 # smoke's 8 epochs, so 7 arms x 3 seeds fit ~35 min on 2 quiet cores (smoke: 91 train samples/s). A first budget of
 # n=600 and one epoch per stage learned nothing (every arm abstained on every question), see the notes.

@@ -10,13 +10,10 @@ import datetime
 import os
 import sys
 
-SCRIPTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(SCRIPTS)
-# Run as `python scripts/make_report.py` or loaded from its path (tests): the repo's packages import from the root,
-# the sibling report_* modules from scripts/ (not a package).
-sys.path[:0] = [p for p in (ROOT, SCRIPTS) if p not in sys.path]
-from report_format import load_json, short_version, table  # noqa: E402
-from report_sections import (  # noqa: E402
+# Run as `python scripts/make_report.py` (the project installed, as scripts/setup_env.sh does): the sibling report_*
+# modules import by name.
+from report_format import load_json, short_version, table
+from report_sections import (
     ablation_section,
     bench_section,
     failure_section,
@@ -25,7 +22,7 @@ from report_sections import (  # noqa: E402
     offline_mixture,
     offline_results,
 )
-from report_stages import (  # noqa: E402
+from report_stages import (
     ARCHITECTURE,
     class_layout,
     compute_estimate,
@@ -35,6 +32,7 @@ from report_stages import (  # noqa: E402
     stage_table,
 )
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUBLISHED = [  # other systems' reported results: never mixed with ours
     (
         "LLaVA-1.5-7B",

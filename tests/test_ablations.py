@@ -3,11 +3,11 @@ values (and an example where pairing decides the verdict), recomputing an old re
 of the baseline comparison (stage 1 -> stage 2 through the real run_sft / run_eval subprocesses) that must write a
 valid ablations.json and its plots."""
 
-import importlib.util
 import json
 import math
 import os
 
+import ablations as abl  # scripts/ablations.py (scripts/ is on pytest's pythonpath)
 import pytest
 import yaml
 from scipy import stats
@@ -15,16 +15,6 @@ from scipy import stats
 from recipes.arguments import ModelArguments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_ablations():
-    spec = importlib.util.spec_from_file_location("ablations", os.path.join(ROOT, "scripts", "ablations.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-abl = load_ablations()
 
 
 def test_paired_t_matches_the_hand_formula():

@@ -4,15 +4,12 @@ memory plan's parameter counts are exact (checked against the meta models and cl
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # bench/ is not an installed package; its modules import as `bench.*` from the root
-    sys.path.insert(0, str(ROOT))
 
 from bench import (  # noqa: E402
     bench_generate,

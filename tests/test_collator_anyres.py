@@ -200,6 +200,7 @@ def test_packed_batch_gives_the_padded_batchs_per_token_loss(anyres, rows, image
         torch.testing.assert_close(packed_out.logits[0, bounds[b] : bounds[b + 1]], padded_out.logits[b, :n])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("padding_free", [False, True])
 def test_sft_trainer_trains_a_step_on_anyres_rows(build, rows, one_step_trainer, padding_free):
     model, processor = build(seed=2, max_tiles=4)  # its own copy: training changes it

@@ -249,6 +249,7 @@ def test_adapter_eval_saves_next_to_the_adapter(synthetic, model_dir, tmp_path):
     assert ModelCard.load(os.path.join(adapter, "README.md")).data.eval_results
 
 
+@pytest.mark.slow
 def test_bad_inputs_fail_clearly(synthetic, model_dir, tmp_path):
     data = synthetic[0]
     base = ["--model", model_dir, "--dataset", data]

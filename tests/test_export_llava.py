@@ -212,6 +212,7 @@ def test_cli_writes_the_same_export(exports, tmp_path):
         assert (out / name).read_text() == (case["out"] / name).read_text(), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("budget", [False, True], ids=["no_budget", "budget_below_the_check_image"])
 def test_anyres_exports_as_llava_next_with_identical_logits_and_generation(build, export_llava, tmp_path, budget):
     """AnyRes on: the folder is LlavaNext (same pinpoints, image_newline), loaded by plain AutoClasses. A

@@ -5,7 +5,6 @@ agree; identical logits to LlavaNextForConditionalGeneration on the same weights
 import importlib.util
 import logging
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -209,8 +208,6 @@ def test_real_so400m_counts_hand_checked_and_equal_to_the_meta_model():
     """bench/image_tokens.py's function on the real SigLIP-so400m config: an A4 page on LLaVA-NeXT's canvases is a 2x2
     grid of 27x27 tiles = a 54x54 map; the page is narrower than the square canvas, so its width is
     int(2480 * 54/3508) = 38, padding (54-38)//2 = 8 each side -> 38 columns + newline: 729 + 54 * 39 = 2835."""
-    if ROOT not in sys.path:  # bench/ is not an installed package (as tests/test_bench.py)
-        sys.path.insert(0, ROOT)
     from bench import image_tokens as bench
     from modeling_minillava import MiniLlavaModel
 

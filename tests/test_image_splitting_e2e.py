@@ -83,6 +83,7 @@ def test_prefill_only_gets_pixel_values_and_image_sizes(setup):
     assert not set(images_in) & set(later)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_batched_generation_equals_one_by_one_with_mixed_grids(setup, side):
     model, processor, images, texts = setup

@@ -3,7 +3,6 @@ via `evaluate.load` of the local module folders (offline)."""
 
 import functools
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before evaluate is imported: a Hub lookup would wait ~46 s to fail
@@ -12,8 +11,6 @@ import evaluate  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the project need not be installed for its tests to import `metrics`
-    sys.path.insert(0, str(ROOT))
 
 from metrics.abstention.abstention import abstention_scores, is_abstention  # noqa: E402
 from metrics.anls.anls import anls_score  # noqa: E402

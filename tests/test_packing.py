@@ -4,7 +4,6 @@ equal those of each sample run alone (eager and sdpa), also through TRL's SFTTra
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -148,6 +147,7 @@ def test_plain_forward_on_a_packed_batch_keeps_the_samples_apart(models, attn):
         model(**packed, use_cache=True)
 
 
+@pytest.mark.slow
 def test_sft_trainer_trains_a_packed_step_with_the_loss_of_each_sample_alone(build, one_step_trainer):
     model, processor = build(attn_implementation="sdpa")  # its own copy: training changes it
     collator = MiniLlavaDataCollator(processor, padding_free=True)
@@ -172,8 +172,6 @@ def test_sft_trainer_trains_a_packed_step_with_the_loss_of_each_sample_alone(bui
 def test_bench_packing_quick_runs_the_same_work_three_ways(backbones, build, tmp_path):
     """The benchmark's three candidates (ours packed, ours padded, transformers' LlavaNext padded) start from the same
     loss on the same AnyRes rows (else its ratios mean nothing), and each row's image tokens are its images' grids."""
-    if str(ROOT) not in sys.path:  # bench/ is not an installed package; it imports as `bench.*` from the root
-        sys.path.insert(0, str(ROOT))
     from bench import bench_packing
 
     folder = os.path.dirname(backbones["llm-qwen2"])

@@ -1,24 +1,14 @@
 """scripts/make_report.py fills its tables from fixture inputs (ablations, bench, smoke run), and missing inputs give
 "not measured" statements instead of numbers."""
 
-import importlib.util
 import os
 import re
 
+import make_report as report  # scripts/make_report.py (scripts/ is on pytest's pythonpath)
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
-
-
-def load_report():
-    spec = importlib.util.spec_from_file_location("make_report", os.path.join(ROOT, "scripts", "make_report.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-report = load_report()
 
 
 def row(text: str, *starts: str) -> str:
