@@ -14,6 +14,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from transformers import TrainerCallback
 
 from data_scripts.run_metadata import git_state, machine_info, package_versions
+from metrics.model_card import SECTION_END, SECTION_START
 from modeling_minillava.modeling_minillava import portable_name
 
 from .arguments import resolved_recipe
@@ -273,8 +274,6 @@ def card_base_model(info: dict):
 def write_training_card(folder: str, model_id: str | None = None) -> str:
     """folder/README.md from the folder's records, for the model at `model_id` (a Hub id; default: the folder as a
     path from here). Evaluation results already in the card (run_eval's model-index and section) are kept."""
-    from metrics.model_card import SECTION_END, SECTION_START
-
     recipe, info, results = read_records(folder)
     if not info:
         raise FileNotFoundError(f"{folder} has no {RUN_INFO_FILE}: it was not saved by run_sft.py.")
