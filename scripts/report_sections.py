@@ -133,6 +133,19 @@ def failure_section(smoke: dict | None, smoke_dir: str | None, per_tag: int = 2)
 # ---------------------------------------------------------------- ablations and benchmarks
 
 
+def comparison_cells(c: dict) -> list:
+    """The statistics cells of one paired comparison: A and B as mean ± std, diff, p, 95% CI, verdict."""
+    ci = "[" + ", ".join(fmt(x) for x in c["ci95"]) + "]" if c.get("ci95") else NOT_MEASURED
+    return [
+        mean_std(c["mean_a"], c["std_a"]),
+        mean_std(c["mean_b"], c["std_b"]),
+        c["diff"],
+        c["p_value"],
+        ci,
+        c["verdict"],
+    ]
+
+
 def ablation_section(abl: dict | None, plots_dir: str) -> str:
     if not abl:
         return f"Ablations: {NOT_MEASURED} (no ablations.json; run `python scripts/ablations.py`)."
@@ -169,18 +182,7 @@ def ablation_section(abl: dict | None, plots_dir: str) -> str:
         table(["arm", "stage", "overlay", "seeds", "image tokens", *METRIC_LABELS.values(), "seconds/run"], rows),
     ]
     comp = [
-        [
-            c["name"],
-            METRIC_LABELS.get(c["metric"], c["metric"]),
-            f"`{c['a']}`",
-            f"`{c['b']}`",
-            mean_std(c["mean_a"], c["std_a"]),
-            mean_std(c["mean_b"], c["std_b"]),
-            c["diff"],
-            c["p_value"],
-            "[" + ", ".join(fmt(x) for x in c["ci95"]) + "]" if c.get("ci95") else NOT_MEASURED,
-            c["verdict"],
-        ]
+        [c["name"], METRIC_LABELS.get(c["metric"], c["metric"]), f"`{c['a']}`", f"`{c['b']}`", *comparison_cells(c)]
         for c in abl["comparisons"]
     ]
     out += [
@@ -327,18 +329,7 @@ def image_splitting_section(abl: dict | None) -> str:
             ]
         )
     out.append(table(["arm", "overlay keys", "seeds", "tokens", *METRIC_LABELS.values(), "seconds/run"], rows))
-    comp = [
-        [
-            c["metric"],
-            mean_std(c["mean_a"], c["std_a"]),
-            mean_std(c["mean_b"], c["std_b"]),
-            c["diff"],
-            c["p_value"],
-            "[" + ", ".join(fmt(x) for x in c["ci95"]) + "]" if c.get("ci95") else NOT_MEASURED,
-            c["verdict"],
-        ]
-        for c in abl["comparisons"]
-    ]
+    comp = [[c["metric"], *comparison_cells(c)] for c in abl["comparisons"]]
     out += [
         f"Paired over seeds ({cfg.get('statistics') or 'test not recorded'}), A = single tile, B = AnyRes:",
         table(["metric", "A", "B", "diff", "p", "95% CI", "verdict"], comp),

@@ -65,6 +65,29 @@ def synthetic_set(tmp_path_factory) -> str:
 
 
 @pytest.fixture
+def placeholder_recipe(tmp_path):
+    """placeholder_recipe(**changes) -> path of a recipe YAML whose models and data are placeholder names (v, l, d),
+    for checks that fail before anything loads; a change to None drops the key."""
+    import yaml
+
+    def _write(**changes) -> str:
+        values = {
+            "vision_name": "v",
+            "llm_name": "l",
+            "datasets": [{"path": "d"}],
+            "output_dir": str(tmp_path / "o"),
+            "use_cpu": True,
+            "bf16": False,
+            **changes,
+        }
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump({k: v for k, v in values.items() if v is not None}))
+        return str(path)
+
+    return _write
+
+
+@pytest.fixture
 def fresh_python(tmp_path):
     """fresh_python(code, *argv, cwd=None, timeout=None, **env) -> CompletedProcess: `python -c code argv` in a new
     process that cannot import this repo (no PYTHONPATH, run from a folder outside it: tmp_path/elsewhere unless

@@ -2,25 +2,9 @@
 list keys, and local paths that do not exist (instead of a Hub error about repo ids)."""
 
 import pytest
-import yaml
 
 import recipes
 from recipes.arguments import looks_local
-
-
-def recipe(tmp_path, **changes) -> str:
-    values = {
-        "vision_name": "v",
-        "llm_name": "l",
-        "datasets": [{"path": "d"}],
-        "output_dir": str(tmp_path / "o"),
-        "use_cpu": True,
-        "bf16": False,
-        **changes,
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump({k: v for k, v in values.items() if v is not None}))
-    return str(path)
 
 
 @pytest.mark.parametrize(
@@ -32,27 +16,27 @@ def recipe(tmp_path, **changes) -> str:
         ({"lora_target_modules": "q_proj"}, "'lora_target_modules' is a list: write [q_proj]"),
     ],
 )
-def test_wrong_typed_values_fail_at_parse_time_naming_the_key(tmp_path, changes, message):
+def test_wrong_typed_values_fail_at_parse_time_naming_the_key(placeholder_recipe, changes, message):
     with pytest.raises(ValueError) as info:
-        recipes.parse_recipe([recipe(tmp_path, **changes)])
+        recipes.parse_recipe([placeholder_recipe(**changes)])
     assert message in str(info.value)
 
 
 @pytest.mark.parametrize("key", ["llm_name", "vision_name", "init_from"])
-def test_a_missing_local_model_folder_is_named_before_anything_loads(tmp_path, monkeypatch, key):
+def test_a_missing_local_model_folder_is_named_before_anything_loads(placeholder_recipe, tmp_path, monkeypatch, key):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "outputs").mkdir()  # `outputs/stage1` is then a local path, not the Hub id `org/name`
     monkeypatch.setattr(recipes.builder, "load_mixture", lambda *a, **k: pytest.fail("data was loaded"))
     missing = {"llm_name": "./models/llm", "vision_name": "/nowhere/tower", "init_from": "outputs/stage1"}[key]
     backbones = {"vision_name": None, "llm_name": None} if key == "init_from" else {}  # init_from fixes them
     with pytest.raises(ValueError, match=rf"Recipe key '{key}': no such folder '{missing}'"):
-        recipes.run([recipe(tmp_path, **{key: missing, **backbones})])
+        recipes.run([placeholder_recipe(**{key: missing, **backbones})])
 
 
-def test_a_missing_dataset_folder_is_named(tmp_path, monkeypatch):
+def test_a_missing_dataset_folder_is_named(placeholder_recipe, monkeypatch):
     monkeypatch.setattr(recipes.builder, "load_mixture", lambda *a, **k: pytest.fail("data was loaded"))
     with pytest.raises(ValueError, match=r"Recipe key 'datasets\[\].path': no such folder './data/none'"):
-        recipes.run([recipe(tmp_path, datasets=[{"path": "./data/none"}])])
+        recipes.run([placeholder_recipe(datasets=[{"path": "./data/none"}])])
 
 
 def test_hub_ids_are_not_taken_for_paths(tmp_path, monkeypatch):
@@ -69,9 +53,9 @@ def test_hub_ids_are_not_taken_for_paths(tmp_path, monkeypatch):
         ({"test_split_size": 0.1}, "'test_split_size' is not supported"),
     ],
 )
-def test_mixture_keys_work_as_trl_reads_them_or_are_refused(tmp_path, changes, message):
+def test_mixture_keys_work_as_trl_reads_them_or_are_refused(placeholder_recipe, changes, message):
     with pytest.raises(ValueError, match=message):
-        recipes.parse_recipe([recipe(tmp_path, **changes)])
+        recipes.parse_recipe([placeholder_recipe(**changes)])
 
 
 def test_data_files_select_nothing_in_a_dataset_folder(tmp_path):
@@ -85,7 +69,7 @@ def test_data_files_select_nothing_in_a_dataset_folder(tmp_path):
 @pytest.mark.parametrize(
     "fractions, sizes", [((0.5, 0.5), (30, 30)), ((0.2, 0.8), (25, 100)), ((None, None), (30, 100))]
 )
-def test_two_datasets_mix_by_fraction_without_oversampling(tmp_path, fractions, sizes):
+def test_two_datasets_mix_by_fraction_without_oversampling(placeholder_recipe, tmp_path, fractions, sizes):
     import datasets
 
     paths = []
@@ -94,7 +78,7 @@ def test_two_datasets_mix_by_fraction_without_oversampling(tmp_path, fractions, 
         datasets.DatasetDict({"train": split}).save_to_disk(str(tmp_path / name))
         paths.append(str(tmp_path / name))
     entries = [{"path": p, **({"fraction": f} if f is not None else {})} for p, f in zip(paths, fractions)]
-    _, data_args, _ = recipes.parse_recipe([recipe(tmp_path, datasets=entries)])
+    _, data_args, _ = recipes.parse_recipe([placeholder_recipe(datasets=entries)])
     mixed, _ = recipes.load_mixture(data_args)
     ids = mixed["id"]
     assert (sum(i.startswith("a-") for i in ids), sum(i.startswith("b-") for i in ids)) == sizes

@@ -171,21 +171,6 @@ def test_stage1_builds_and_runs_with_tiny_backbones(size, backbones, synthetic):
     assert model.model.multi_modal_projector.linear_1.weight.grad.abs().sum() > 0
 
 
-def bad_recipe(tmp_path, **changes) -> str:
-    recipe = {
-        "vision_name": "v",
-        "llm_name": "l",
-        "datasets": [{"path": "d"}],
-        "output_dir": str(tmp_path / "o"),
-        "use_cpu": True,
-        "bf16": False,
-    }
-    recipe.update(changes)
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({k: v for k, v in recipe.items() if v is not None}))
-    return str(path)
-
-
 @pytest.mark.parametrize(
     "changes, error, names",
     [
@@ -215,18 +200,18 @@ def bad_recipe(tmp_path, **changes) -> str:
         ),
     ],
 )
-def test_bad_recipes_fail_at_parse_time_naming_the_key(tmp_path, changes, error, names):
+def test_bad_recipes_fail_at_parse_time_naming_the_key(placeholder_recipe, changes, error, names):
     with pytest.raises(error) as info:
-        recipes.parse_recipe([bad_recipe(tmp_path, **changes)])
+        recipes.parse_recipe([placeholder_recipe(**changes)])
     for name in names:
         assert name in str(info.value)
 
 
 @pytest.mark.parametrize("value, parsed", [(True, "true"), (False, None), ("true", "true"), ("o/ckpt-4", "o/ckpt-4")])
-def test_resume_from_checkpoint_reads_yaml_booleans(tmp_path, value, parsed):
+def test_resume_from_checkpoint_reads_yaml_booleans(placeholder_recipe, value, parsed):
     """YAML `resume_from_checkpoint: true` is a bool where TrainingArguments types a str (once refused: "must be
     str"); `false` is unset."""
-    _, _, training_args = recipes.parse_recipe([bad_recipe(tmp_path, resume_from_checkpoint=value)])
+    _, _, training_args = recipes.parse_recipe([placeholder_recipe(resume_from_checkpoint=value)])
     assert training_args.resume_from_checkpoint == parsed
 
 
