@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 
 import transformers
 import yaml
-from trl import SFTConfig, TrlParser
+from trl import DPOConfig, GRPOConfig, SFTConfig, TrlParser
 from trl.scripts.utils import DatasetMixtureConfig
 
 from processing.collator import TOO_LONG_POLICIES
 
 LLM_LINEAR_NAMES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# `trainer:` in a recipe -> the TRL config its training keys parse into (the trainer class is the builder's).
+TRAINER_CONFIGS = {"sft": SFTConfig, "dpo": DPOConfig, "grpo": GRPOConfig}
 # TrainingArguments fields whose __post_init__ replaces the parsed value by another type (`fsdp: "full_shard"` ->
 # True), so their type hint no longer describes the value check_types sees; TrainingArguments validates them itself.
 CONVERTED_AFTER_PARSING = {"fsdp"}
@@ -59,6 +61,14 @@ class ModelArguments:
     load_in_8bit: bool = False
     dtype: str = field(default="float32", metadata={"help": "weights dtype: float32 | bfloat16 | float16"})
     attn_implementation: str | None = None
+    trainer: str = field(
+        default="sft",
+        metadata={"help": "sft (rows in our schema) | dpo (preference rows, make_preferences) | grpo (schema rows, "
+                  "rewarded by metrics/rewards.abstention_reward)"},
+    )  # fmt: skip
+    abstain_cost: float = field(
+        default=0.5, metadata={"help": "grpo: the reward for abstaining on an answerable row is -abstain_cost"}
+    )
     license: str = field(default="other", metadata={"help": "the model card's license (check the backbones')"})
 
 
@@ -136,13 +146,30 @@ def parse_composed(dataclass_types: tuple, argv: list[str]) -> tuple:
         raise ValueError(f"Bad recipe or flag value: {error}.") from error
 
 
+def trainer_of(argv: list[str]) -> str:
+    """The recipe's `trainer` (the last --trainer flag wins over the files), checked before its config is parsed."""
+    paths, flags = split_argv(argv)
+    trainer = compose(paths).get("trainer", "sft")
+    for i, flag in enumerate(flags):
+        if flag == "--trainer" and i + 1 < len(flags):
+            trainer = flags[i + 1]
+        elif flag.startswith("--trainer="):
+            trainer = flag.split("=", 1)[1]
+    if trainer not in TRAINER_CONFIGS:
+        raise ValueError(f"Recipe key 'trainer' must be one of {sorted(TRAINER_CONFIGS)}, got {trainer!r}.")
+    return trainer
+
+
 def parse_recipe(argv: list[str]) -> tuple["ModelArguments", "DataArguments", SFTConfig]:
-    """`[recipe.yaml ...] [--flag value ...]` -> the three dataclasses, checked (see `check_recipe`)."""
-    model_args, data_args, training_args = parse_composed((ModelArguments, DataArguments, SFTConfig), argv)
+    """`[recipe.yaml ...] [--flag value ...]` -> the three dataclasses, checked (see `check_recipe`); the third is
+    the TRL config of the recipe's `trainer` (SFTConfig, DPOConfig or GRPOConfig)."""
+    config_class = TRAINER_CONFIGS[trainer_of(argv)]
+    model_args, data_args, training_args = parse_composed((ModelArguments, DataArguments, config_class), argv)
     check_recipe(model_args, data_args, training_args)
-    # Our collator builds the batches: TRL must neither re-tokenise nor drop the raw columns.
+    # Our collator (TRL's vision collators for DPO/GRPO) builds the batches from the raw columns: keep them all.
     training_args.remove_unused_columns = False
-    training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    if isinstance(training_args, SFTConfig):  # and SFTTrainer must not re-tokenise them
+        training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     return model_args, data_args, training_args
 
 
@@ -170,6 +197,7 @@ def value_rules() -> dict:
         "max_eval_samples": optional_positive,
         "max_skip_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
         "too_long": (lambda v: v in TOO_LONG_POLICIES, f"one of {TOO_LONG_POLICIES}"),
+        "abstain_cost": (lambda v: v > 0, "> 0 (abstaining for free on answerable rows teaches abstaining)"),
     }
 
 
@@ -197,7 +225,7 @@ def check_recipe(model_args, data_args, training_args) -> None:
     if not data_args.datasets:
         raise ValueError("The recipe lists no `datasets`; add e.g. `datasets: [{path: data/synthetic}]`.")
     check_mixture(data_args)
-    if training_args.packing and training_args.packing_strategy not in ("bfd", "bfd_split"):
+    if getattr(training_args, "packing", False) and training_args.packing_strategy not in ("bfd", "bfd_split"):
         raise ValueError(
             f"Recipe key 'packing_strategy: {training_args.packing_strategy}' is not supported: our collator packs "
             "each batch's whole rows into one padding-free sequence (TRL's padding_free); leave the default `bfd`."
@@ -212,6 +240,11 @@ def check_recipe(model_args, data_args, training_args) -> None:
                 f"Recipe keys {changed} shape a model built from the backbones, but `init_from` loads one whose "
                 "config.json fixes them: drop them, or set `init_from: null` with `vision_name` and `llm_name`."
             )
+    if model_args.trainer != "sft" and not model_args.init_from:
+        raise ValueError(
+            f"`trainer: {model_args.trainer}` trains a trained model's answers (stage 4): set `init_from` to the "
+            "stage-2 output (its merged/ folder)."
+        )
     if model_args.llm_full and model_args.lora_r:
         raise ValueError("`llm_full: true` and `lora_r > 0` conflict: pick full fine-tuning or LoRA.")
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.init_from:

@@ -20,6 +20,7 @@ from processing.collator import MiniLlavaDataCollator
 from .arguments import DataArguments, ModelArguments, check_local_paths, parse_recipe
 from .checkpoints import CheckpointGuard, out_of_space, resolve_resume
 from .provenance import Provenance, save_artefacts, use_portable_names
+from .trainers import make_trainer, row_check
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def build_collator(args: ModelArguments, data_args, training_args, processor, co
         stop_ids = GenerationConfig.from_pretrained(source).eos_token_id  # what the model will stop on
     except OSError:  # an LLM without generation_config.json: the tokenizer's eos
         stop_ids = processor.tokenizer.eos_token_id
-    max_length = training_args.max_length or config.text_config.max_position_embeddings
+    max_length = getattr(training_args, "max_length", None) or config.text_config.max_position_embeddings
     return MiniLlavaDataCollator(
         processor,
         stop_token_ids=stop_ids if isinstance(stop_ids, list) else [stop_ids],
@@ -105,14 +106,15 @@ def collator_options(data_args, training_args) -> dict:
     options = {}
     if data_args.too_long != "skip":
         options["too_long"] = data_args.too_long
-    if training_args.packing or training_args.padding_free:
+    if getattr(training_args, "packing", False) or getattr(training_args, "padding_free", False):
         options["padding_free"] = True
     return options
 
 
-def check_data(splits: dict, collator, training_args, data_args) -> dict:
-    """Every row of every split checked with the collator's rules before any model is built; bad rows dropped,
-    counted by reason and listed (ids) in OUTPUT_DIR/data_check.json; refuses to start above max_skip_fraction."""
+def check_data(splits: dict, collator, training_args, data_args, check_row=None) -> dict:
+    """Every row of every split checked with the collator's rules (`check_row`: a trainer's own form of them) before
+    any model is built; bad rows dropped, counted by reason and listed (ids) in OUTPUT_DIR/data_check.json; refuses to
+    start above max_skip_fraction."""
     processor = collator.processor
     # Everything a verdict depends on: a cached verdict is reused only under the same rules (AnyRes grids and the
     # token budget decide how many placeholders a row takes).
@@ -126,6 +128,7 @@ def check_data(splits: dict, collator, training_args, data_args) -> dict:
             grids,
             processor.max_image_tokens,
             collator.max_length,
+            getattr(check_row, "__qualname__", None),  # a preference row is checked in another form
             sorted(collator.stop_token_ids),
             collator.too_long,
         )
@@ -139,7 +142,7 @@ def check_data(splits: dict, collator, training_args, data_args) -> dict:
         num_proc = max(1, training_args.dataloader_num_workers)
         checked[name], report = check_rows(
             ds,
-            collator.check_row,
+            check_row or collator.check_row,
             name=name,
             settings=settings,
             cache_dir=cache_dir,
@@ -286,21 +289,17 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
 
     processor, config = build_processor(model_args)
     collator = build_collator(model_args, data_args, training_args, processor, config)
-    checked = check_data({"train": train_ds, "eval": eval_ds}, collator, training_args, data_args)
-    # Our collator packs (collator_options); TRL would refuse both keys for a vision dataset.
-    training_args.packing = training_args.padding_free = False
+    check_row = row_check(model_args.trainer, collator.check_row)
+    checked = check_data({"train": train_ds, "eval": eval_ds}, collator, training_args, data_args, check_row)
+    if isinstance(training_args, SFTConfig):  # our collator packs (collator_options); TRL would refuse both keys
+        training_args.packing = training_args.padding_free = False
     if training_args.gradient_checkpointing and not training_args.gradient_checkpointing_kwargs:
         training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
 
     model = apply_train_plan(build_model(model_args, training_args), model_args, training_args.gradient_checkpointing)
-    trainer = SFTTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=checked["train"],
-        eval_dataset=checked["eval"],
-        processing_class=processor,
-        data_collator=collator,
-        peft_config=lora_config(model, model_args),
+    peft_config = lora_config(model, model_args)
+    trainer, collator = make_trainer(
+        model_args.trainer, model, model_args, training_args, checked, processor, collator, peft_config
     )
     provenance.attach(trainer, datasets=fingerprints, train_rows=len(checked["train"]))
     trainer.guard = CheckpointGuard(trainer, collator)  # manifests, rotation, counters that survive a resume
