@@ -224,6 +224,11 @@ def test_missing_recipe_names_the_path(tmp_path):
 # ---- train plans ------------------------------------------------------------------------------------------------
 
 
+def lora_on(init: str) -> dict:
+    """Recipe keys of a LoRA run on a saved model (init_from fixes its backbones)."""
+    return {"init_from": init, "vision_name": None, "llm_name": None, "llm_full": False}
+
+
 def plan_of(model) -> dict[str, tuple[str, int, int]]:
     text = describe_train_plan(train_plan_counts(model))
     assert text.startswith("Train plan:")
@@ -434,9 +439,7 @@ def test_lora_save_load_merge_reproduces_logits(full_run, write_recipe, syntheti
     from peft import PeftModel
 
     init = str(full_run["out"])
-    model_args, _, _ = recipes.parse_recipe(
-        [write_recipe(tmp_path, "r", init_from=init, vision_name=None, llm_name=None, llm_full=False, lora_r=8)]
-    )
+    model_args, _, _ = recipes.parse_recipe([write_recipe(tmp_path, "r", **lora_on(init), lora_r=8)])
     model = with_lora(MiniLlavaForConditionalGeneration.from_pretrained(init), model_args)
     torch.manual_seed(0)
     with torch.no_grad():  # lora_B starts at zero: give the adapter and the projector copy something to carry
@@ -467,10 +470,7 @@ def test_lora_run_checkpoint_and_merged_folder(full_run, write_recipe, synthetic
     recipe = write_recipe(
         tmp_path,
         "lora",
-        init_from=init,
-        vision_name=None,
-        llm_name=None,
-        llm_full=False,
+        **lora_on(init),
         lora_r=8,
         max_steps=2,
         save_strategy="steps",
@@ -515,10 +515,7 @@ def test_qlora_trains_on_cpu(full_run, write_recipe, synthetic, tmp_path):
     recipe = write_recipe(
         tmp_path,
         "qlora",
-        init_from=init,
-        vision_name=None,
-        llm_name=None,
-        llm_full=False,
+        **lora_on(init),
         load_in_4bit=True,
         lora_r=8,
         lora_dropout=0.0,
