@@ -103,7 +103,7 @@ def model_flops_per_step(model, batch_size: int, seq_len: int, gradient_checkpoi
     return model_flops, model_flops + recompute
 
 
-def main(argv=None) -> dict:
+def parse_args(argv):
     parser = base_parser(__doc__)
     parser.add_argument("--llm", default="qwen2.5-1.5b-instruct", help="a recipes/backbones/*.json LLM")
     parser.add_argument("--batch_size", type=int, default=None, help="default 4 (quick: 2)")
@@ -113,29 +113,32 @@ def main(argv=None) -> dict:
     parser.add_argument("--no_gradient_checkpointing", action="store_true")
     parser.add_argument("--peak_tflops", type=float, default=None, help="bf16 peak of the GPU if not in the table")
     args = parser.parse_args(argv)
-    machine = start(args)
+    args.batch_size = args.batch_size or (2 if args.quick else 4)
+    args.seq_len = args.seq_len or (96 if args.quick else 2048)
+    args.steps = args.steps or (2 if args.quick else 10)
+    args.gradient_checkpointing = not args.no_gradient_checkpointing
+    return args
+
+
+def stage2_model(args, device: torch.device, dtype: torch.dtype):
+    """The stage-2 train plan (projector + LoRA) on the model, as run_sft builds it; (model, trainable params)."""
     from peft import get_peft_model  # trl + peft: imported only when run
 
     from recipes.arguments import ModelArguments
     from recipes.builder import apply_train_plan, lora_config
     from recipes.provenance import train_plan_counts
 
-    cuda = torch.cuda.is_available() and not args.quick
-    if not args.quick and not cuda:
-        raise SystemExit("No CUDA device: this benchmark needs a GPU (use --quick for the CPU smoke run).")
-    device, dtype = (torch.device("cuda"), torch.bfloat16) if cuda else (torch.device("cpu"), torch.float32)
-    batch_size, seq_len = args.batch_size or (2 if args.quick else 4), args.seq_len or (96 if args.quick else 2048)
-    steps, ckpt = args.steps or (2 if args.quick else 10), not args.no_gradient_checkpointing
-    model = build(args, device, dtype)
     plan = ModelArguments(lora_r=args.lora_r)
-    model = apply_train_plan(model, plan, gradient_checkpointing=ckpt)
-    if ckpt:  # as SFTTrainer does before wrapping: PEFT then makes the inputs require grad for the recompute
+    model = apply_train_plan(build(args, device, dtype), plan, gradient_checkpointing=args.gradient_checkpointing)
+    if args.gradient_checkpointing:  # as SFTTrainer does before wrapping: PEFT makes the inputs require grad
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(model, lora_config(model, plan))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    trainable_params = sum(c["trainable"] for c in train_plan_counts(model).values())
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
-    batch = make_batch(model.get_base_model().config, batch_size, seq_len, device, dtype, args.seed)
+    return model, sum(c["trainable"] for c in train_plan_counts(model).values())
+
+
+def time_steps(model, batch: dict, steps: int, warmup: int, cuda: bool) -> list[float]:
+    """Seconds of each of `steps` AdamW steps after `warmup` untimed ones (allocator, kernels)."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -144,7 +147,7 @@ def main(argv=None) -> dict:
         if cuda:
             torch.cuda.synchronize()
 
-    for _ in range(1 if args.quick else 2):  # warm-up: allocator, kernels
+    for _ in range(warmup):
         step()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -153,53 +156,57 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    s = summarize(times)
-    model_flops, hw_flops = model_flops_per_step(model, batch_size, seq_len, ckpt)
+    return times
+
+
+def utilization(args, model, median_s: float, peak: float | None) -> dict:
+    """Model / hardware FLOPs per step and, with a known bf16 peak, MFU and HFU."""
+    model_flops, hw_flops = model_flops_per_step(model, args.batch_size, args.seq_len, args.gradient_checkpointing)
+    return {
+        "model_flops_per_step": model_flops,
+        "hardware_flops_per_step": hw_flops,
+        "peak_bf16_tflops": peak,
+        "mfu": model_flops / (median_s * peak * 1e12) if peak else None,
+        "hfu": hw_flops / (median_s * peak * 1e12) if peak else None,
+    }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    machine = start(args)
+    cuda = torch.cuda.is_available() and not args.quick
+    if not args.quick and not cuda:
+        raise SystemExit("No CUDA device: this benchmark needs a GPU (use --quick for the CPU smoke run).")
+    device, dtype = (torch.device("cuda"), torch.bfloat16) if cuda else (torch.device("cpu"), torch.float32)
+    batch_size, seq_len = args.batch_size, args.seq_len
+    model, trainable_params = stage2_model(args, device, dtype)
+    batch = make_batch(model.get_base_model().config, batch_size, seq_len, device, dtype, args.seed)
+    s = summarize(time_steps(model, batch, args.steps, warmup=1 if args.quick else 2, cuda=cuda))
     peak = peak_tflops(machine["gpu"] or "", args.peak_tflops) if cuda else None
     results = {
         "device": machine["gpu"] or "cpu",
         "dtype": str(dtype),
         "llm": "tiny" if args.quick else args.llm,
         "plan": f"stage 2: projector + LoRA r={args.lora_r}",
-        "gradient_checkpointing": ckpt,
+        "gradient_checkpointing": args.gradient_checkpointing,
         "batch_size": batch_size,
         "seq_len": seq_len,
         "trainable_params": trainable_params,
         "step": s,
         "samples_per_s": batch_size / s["median_s"],
         "tokens_per_s": batch_size * seq_len / s["median_s"],
-        "model_flops_per_step": model_flops,
-        "hardware_flops_per_step": hw_flops,
-        "peak_bf16_tflops": peak,
-        "mfu": None,
-        "hfu": None,
+        **utilization(args, model, s["median_s"], peak),
         "peak_memory_gib": torch.cuda.max_memory_allocated() / GIB if cuda else None,
     }
-    if peak:
-        results["mfu"] = model_flops / (s["median_s"] * peak * 1e12)
-        results["hfu"] = hw_flops / (s["median_s"] * peak * 1e12)
     if cuda:  # the estimate for the same setting, to judge memory_plan's formula
         meta = build_meta(args.llm)
-        est = estimate(meta, module_params(meta), results["trainable_params"], batch_size, seq_len)
+        est = estimate(meta, module_params(meta), trainable_params, batch_size, seq_len)
         results["estimated_peak_gib"] = est["lora"]["peak_gib"]
     print_machine(machine)
-    print_table(
-        ["device", "llm", "batch", "seq", "step s", "samples/s", "tokens/s", "peak GiB", "MFU", "HFU"],
-        [
-            [
-                results["device"],
-                results["llm"],
-                batch_size,
-                seq_len,
-                s["median_s"],
-                results["samples_per_s"],
-                results["tokens_per_s"],
-                results["peak_memory_gib"] or "-",
-                results["mfu"] or "-",
-                results["hfu"] or "-",
-            ]
-        ],
-    )
+    columns = ["device", "llm", "batch", "seq", "step s", "samples/s", "tokens/s", "peak GiB", "MFU", "HFU"]
+    keys = ["device", "llm", "batch_size", "seq_len", "step", "samples_per_s", "tokens_per_s", "peak_memory_gib"]
+    row = [s["median_s"] if key == "step" else results[key] or "-" for key in [*keys, "mfu", "hfu"]]
+    print_table(columns, [row])
     notes = [
         "MFU = trainable-aware model FLOPs per step / (median step time * bf16 peak); see model_flops_per_step",
         "quick mode: tiny configs on CPU in float32; no MFU or peak memory",
