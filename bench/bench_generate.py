@@ -39,6 +39,23 @@ def make_runner(model, batches, max_new_tokens: int, stops: list[int], outputs: 
     return run
 
 
+def print_report(results: dict) -> None:
+    """The timing table, then whether batched and one-by-one generation gave the same tokens."""
+    modes = (("batched", results["batch_size"], "batched"), ("one-by-one", 1, "one_by_one"))
+    rows = [
+        [label, size, results[k]["median_s"], results[k]["samples_per_s"], results[k]["n"]] for label, size, k in modes
+    ]
+    rows.append(["batched/one-by-one", "", "", results["ratio_batched_over_one_by_one"], ""])
+    n, max_new = results["n"], results["max_new_tokens"]
+    print(f"Generation on {n} synthetic test rows, greedy, max_new_tokens={max_new}, KV cache:")
+    print_table(["mode", "batch", "total s", "samples/s", "n"], rows)
+    identical, mismatches = results["outputs_identical"], results["mismatched_rows"]
+    print(
+        f"outputs identical (batched vs one-by-one, up to the first stop token): {identical}"
+        + ("" if identical else f"; rows differing: {mismatches}")
+    )
+
+
 def main(argv=None) -> dict:
     parser = base_parser(__doc__)
     parser.add_argument("--n", type=int, default=None, help="test rows (default 32; quick: 8)")
@@ -87,31 +104,7 @@ def main(argv=None) -> dict:
     results["ratio_batched_over_one_by_one"] = speed["of_medians"]
     results["ratio_batched_over_one_by_one_all"] = speed
     print_machine(machine)
-    print(f"Generation on {n} synthetic test rows, greedy, max_new_tokens={max_new}, KV cache:")
-    print_table(
-        ["mode", "batch", "total s", "samples/s", "n"],
-        [
-            [
-                "batched",
-                args.batch_size,
-                results["batched"]["median_s"],
-                results["batched"]["samples_per_s"],
-                results["batched"]["n"],
-            ],
-            [
-                "one-by-one",
-                1,
-                results["one_by_one"]["median_s"],
-                results["one_by_one"]["samples_per_s"],
-                results["one_by_one"]["n"],
-            ],
-            ["batched/one-by-one", "", "", results["ratio_batched_over_one_by_one"], ""],
-        ],
-    )
-    print(
-        f"outputs identical (batched vs one-by-one, up to the first stop token): {identical}"
-        + ("" if identical else f"; rows differing: {mismatches}")
-    )
+    print_report(results)
     notes = [
         "prompt processing (images + template) is done before timing; only model.generate is timed",
         "a random-init model: speed does not depend on the weights, but rows may stop early on a stop id "
