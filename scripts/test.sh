@@ -14,4 +14,4 @@ export MINILLAVA_TEST_ARTEFACTS="${MINILLAVA_TEST_ARTEFACTS:-$PWD/outputs/test-a
 # One style, enforced: lint and formatting fail the run before any test does.
 ruff check .
 ruff format --check .
-python -m pytest -q -p no:cacheprovider tests "$@"
+python -m pytest -q -p no:cacheprovider "$@"  # no path given: pyproject.toml's testpaths (tests/)
