@@ -42,3 +42,11 @@ def test_every_marker_used_is_registered_in_pyproject():
     assert 'addopts = "--strict-markers"' in pyproject
     assert used - BUILTIN_MARKS <= registered
     assert {"slow", "distributed", "browser", "network", "serving"} <= registered
+
+
+def test_test_sh_runs_every_tier_unless_told_otherwise():
+    """CI runs scripts/test.sh bare: no marker expression there or in addopts may drop a tier by default."""
+    command = next(line for line in (ROOT / "scripts" / "test.sh").read_text().splitlines() if "-m pytest" in line)
+    assert '"$@"' in command and " -m " not in command.split("-m pytest", 1)[1].split("#")[0]
+    addopts = re.search(r'^addopts = "(.*)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert "-m" not in addopts.split()
