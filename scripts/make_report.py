@@ -22,6 +22,7 @@ from report_sections import (
     offline_mixture,
     offline_results,
 )
+from report_stage4 import stage4_section
 from report_stages import (
     ARCHITECTURE,
     class_layout,
@@ -120,7 +121,9 @@ def tiny_backbones(smoke_dir: str | None) -> str:
     return out
 
 
-def render(abl_path, bench_dir, smoke_path, plots_dir: str, splitting_path: str | None = None) -> str:
+def render(
+    abl_path, bench_dir, smoke_path, plots_dir: str, splitting_path: str | None = None, stage4_path: str | None = None
+) -> str:
     from data_scripts.run_metadata import code_version
 
     abl, smoke = load_json(abl_path), load_json(smoke_path)
@@ -144,6 +147,7 @@ def render(abl_path, bench_dir, smoke_path, plots_dir: str, splitting_path: str 
             ("image_splitting", splitting_path),
             ("bench", bench_dir),
             ("smoke", smoke_path),
+            ("stage4", stage4_path),
         )
         if v
     )
@@ -178,6 +182,7 @@ def render(abl_path, bench_dir, smoke_path, plots_dir: str, splitting_path: str 
                 ablation_section(abl, plots_dir),
                 "## Image splitting (high-resolution set, offline default)",
                 image_splitting_section(load_json(splitting_path)),
+                stage4_section(load_json(stage4_path)),
                 "## Benchmarks",
                 bench_section(bench_dir),
                 "## Failure modes",
@@ -198,10 +203,11 @@ def main(argv=None) -> int:
     parser.add_argument("--image_splitting", default="docs/ablations_highres/ablations.json")
     parser.add_argument("--bench", default="bench/results")
     parser.add_argument("--smoke", default="outputs/offline/summary.json")
+    parser.add_argument("--stage4", default="docs/stage4/stage4_summary-seed0.json", help="scripts/stage4.sh's")
     parser.add_argument("--plots", default="docs/ablations", help="folder of the ablation PNGs, relative to the repo")
     parser.add_argument("--out", default="REPORT.md")
     args = parser.parse_args(argv)
-    text = render(args.ablations, args.bench, args.smoke, args.plots, args.image_splitting)
+    text = render(args.ablations, args.bench, args.smoke, args.plots, args.image_splitting, args.stage4)
     with open(args.out, "w") as f:
         f.write(text)
     print(f"wrote {args.out} ({len(text.splitlines())} lines)")

@@ -32,6 +32,8 @@ def render_report(folder, ablations: str, bench: str, smoke: str, image_splittin
             smoke,
             "--image_splitting",
             image_splitting,
+            "--stage4",
+            os.path.join(folder, "no_stage4.json"),  # its section is tested on its own
             "--out",
             out,
         ]
@@ -120,6 +122,7 @@ def test_missing_inputs_say_not_measured_and_invent_nothing(empty):
         "Offline default results: not measured",
         "Compute of the offline default: not measured",
         "Failure modes: not measured",
+        "## Stage 4: training the abstention\n\nnot measured",
     ):
         assert statement in empty
     for fixture_number in ("0.432", "0.927", "6.43", "0.000417", "`s1_mlp`"):
@@ -177,3 +180,23 @@ def test_image_splitting_section_reads_its_own_ablation():
     assert "one row of 40 is 0.025" in text and "Neither arm learned" in text
     assert "`hr_single` ends at the lower training loss (1.35 vs 2.70)" in text
     assert "not measured" in report_sections.image_splitting_section(None)
+
+
+def test_stage4_section_reads_the_summary():
+    import report_stage4
+
+    metrics = dict(exact_match=0.2, hallucination_rate=0.0, answerable_abstain_rate=0.8, model_hallucination_rate=0.03)
+    metrics |= {"phi@1": -0.1, "model_answerable_abstain_rate": 0.25, "model_abstain_f1": 0.74}
+    summary = {
+        "seed": 0,
+        "metrics": {
+            "stage2": {"test": metrics, "contrastive": metrics},
+            "dpo": {"test": {**metrics, "model_answerable_abstain_rate": 0.125}, "contrastive": metrics},
+            "grpo": {"test": metrics, "contrastive": {**metrics, "hallucination_rate": 0.375}},
+        },
+        "checks": {"dpo": {"phi@1_not_lower": True}, "grpo": {"phi@1_not_lower": False}},
+    }
+    text = report_stage4.stage4_section(summary)
+    assert row(text, "test: over-abstention (model's own)").endswith("| 0.25 | 0.125 | 0.25 |")
+    assert row(text, "contrastive: hallucination (thresholded)").endswith("| 0 | 0 | 0.375 |")
+    assert row(text, "phi@1 not lower") == "| phi@1 not lower | pass | FAIL |"
