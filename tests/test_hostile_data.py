@@ -89,6 +89,7 @@ def hostile(tmp_path_factory, synthetic_set):
     return {"data": str(root / "data"), "rows": rows, "bad": bad, "eval_bad": eval_bad}
 
 
+@pytest.mark.slow
 def test_training_keeps_every_good_row_and_names_every_bad_one(hostile, backbones, tmp_path):
     out = tmp_path / "run"
     recipe = {
@@ -126,6 +127,7 @@ def test_training_keeps_every_good_row_and_names_every_bad_one(hostile, backbone
     assert details["no_image_one_part"] == "1 image part(s) but 0 image(s)"
 
 
+@pytest.mark.slow
 def test_run_eval_scores_what_it_cannot_feed_as_named_failures_and_answers_the_rest(
     hostile, save_quiet_model, tmp_path, capsys
 ):
