@@ -204,19 +204,24 @@ def png_header_only(width: int, height: int) -> bytes:
 def tiny_model_dir(build, app, tmp_path_factory) -> Path:
     """A saved tiny model + processor (random projector: gibberish answers). Whitespace tokens are suppressed so the
     answers are visible text (the tiny LLM otherwise emits only newlines) and an abstention threshold is saved. Its
-    abstention answer is what it says about SAID_SO_EXAMPLE, so that example makes it "say" the answer is not there."""
-    model, processor = build(seed=0)
-    tokenizer = processor.tokenizer
-    eos = model.generation_config.eos_token_id
-    stop = set(eos if isinstance(eos, list) else [eos])
-    blank = [i for i in range(len(tokenizer)) if not tokenizer.decode([i], skip_special_tokens=True).strip()]
-    model.generation_config.suppress_tokens = [i for i in blank if i not in stop]
-    model.generation_config.abstain_threshold = SAVED_THRESHOLD
-    said = {}
-    for path, question in ((EXAMPLE, "What is the total due on this invoice?"), (SAID_SO_EXAMPLE, SAID_SO_QUESTION)):
-        out, prompt_length, _ = app.generate_answer(model, processor, app.open_image(str(path)), question)
-        said[path] = processor.post_process_answers(out, prompt_length, model.generation_config)[0]["answer"]
-    assert said[EXAMPLE] != said[SAID_SO_EXAMPLE], f"the tiny model says {said[EXAMPLE]!r} about both examples"
+    abstention answer is what it says about SAID_SO_EXAMPLE, so that example makes it "say" the answer is not there.
+    The first seed whose random model says different things about the two examples is used (deterministic)."""
+    for seed in range(10):
+        model, processor = build(seed=seed)
+        tokenizer = processor.tokenizer
+        eos = model.generation_config.eos_token_id
+        stop = set(eos if isinstance(eos, list) else [eos])
+        blank = [i for i in range(len(tokenizer)) if not tokenizer.decode([i], skip_special_tokens=True).strip()]
+        model.generation_config.suppress_tokens = [i for i in blank if i not in stop]
+        model.generation_config.abstain_threshold = SAVED_THRESHOLD
+        said = {}
+        examples = ((EXAMPLE, "What is the total due on this invoice?"), (SAID_SO_EXAMPLE, SAID_SO_QUESTION))
+        for path, question in examples:
+            out, prompt_length, _ = app.generate_answer(model, processor, app.open_image(str(path)), question)
+            said[path] = processor.post_process_answers(out, prompt_length, model.generation_config)[0]["answer"]
+        if said[EXAMPLE] != said[SAID_SO_EXAMPLE]:
+            break
+    assert said[EXAMPLE] != said[SAID_SO_EXAMPLE], f"seeds 0-9: the tiny model says {said[EXAMPLE]!r} about both"
     model.generation_config.abstain_answer = said[SAID_SO_EXAMPLE]
     folder = tmp_path_factory.mktemp("space_model")
     model.save_pretrained(folder)
