@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from data_scripts.manifest import code_version
+from data_scripts.run_metadata import code_version
 from data_scripts.schema import ABSTAIN_ANSWER, MANIFEST_NAME, load_dataset_dir, load_manifest
 from metrics.confidence import fit_abstain_threshold
 from metrics.gallery import IMAGE_COUNT_MISMATCH, image_error_tag, plot_risk_coverage, render_gallery, select_failures
