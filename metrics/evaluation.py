@@ -60,6 +60,7 @@ EVAL_DATASETS = {
     "chartqa": {"metric": "relaxed_accuracy", "prompt_suffix": LMMS_EVAL_SUFFIX, "max_new_tokens": 16},  # lmms-eval
     "synthetic": {"metric": "exact_match", "prompt_suffix": "", "max_new_tokens": 32},  # trained without a suffix
     "synthetic_highres": {"metric": "exact_match", "prompt_suffix": "", "max_new_tokens": 32},  # its --variant highres
+    "synthetic_contrastive": {"metric": "exact_match", "prompt_suffix": "", "max_new_tokens": 32},  # and contrastive
 }
 ARTEFACTS = (
     "eval_results.json",

@@ -18,7 +18,8 @@ python -m data_scripts.make_preferences --dataset "$OUT/data/synthetic" --split 
 # 3. DPO (sigmoid + SFT anchor) and GRPO (exact match / abstention reward), LoRA, from the same stage-2 model.
 for kind in dpo grpo; do
   sed "s#OUT_DIR#$OUT#g" "recipes/smoke/stage4_$kind.yaml" > "$OUT/recipes/stage4_$kind.yaml"
-  python run_sft.py "$OUT/recipes/stage4_$kind.yaml" --seed "$SEED" --output_dir "$OUT/stage4_$kind-seed$SEED"
+  test -d "$OUT/stage4_$kind-seed$SEED/merged" || python run_sft.py "$OUT/recipes/stage4_$kind.yaml" \
+    --seed "$SEED" --output_dir "$OUT/stage4_$kind-seed$SEED"
 done
 # 4. Stage 2 and both stage-4 models on the test split (threshold refitted on validation) and the contrastive one.
 for model in "stage2/merged" "stage4_dpo-seed$SEED/merged" "stage4_grpo-seed$SEED/merged"; do
@@ -29,4 +30,4 @@ for model in "stage2/merged" "stage4_dpo-seed$SEED/merged" "stage4_grpo-seed$SEE
     --dataset "$OUT/data/contrastive" --split test --threshold_split validation \
     --output_dir "$OUT/eval/$name-contrastive"
 done
-python scripts/stage4_summary.py --out "$OUT" --seed "$SEED"
+python scripts/stage4_summary.py --out "$OUT" --seeds "$SEED"   # several: --seeds 0 1 2, once each has run

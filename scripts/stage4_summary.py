@@ -1,15 +1,20 @@
-"""Stage 4 against stage 2 (scripts/stage4.sh): the abstention metrics of each model on the test split (threshold
-refitted on validation) and on the contrastive split, the issue's do-no-harm checks, into OUT/stage4_summary-seedS.json
-and printed as a table.
+"""Stage 4 against stage 2 (scripts/stage4.sh, one call per seed): each model's abstention metrics on the test split
+(threshold refitted on validation) and the contrastive split, per seed, their means, the paired difference to stage 2
+with a 95% bootstrap interval over seeds, and the issue's checks, into OUT/stage4_summary.json, printed as a table.
 
-Do no harm, per stage-4 model: hallucination rate <= 0.02 and not higher on the contrastive split than stage 2's;
-exact match on answerable rows down by at most 0.01; phi@1 not lower. Gain: the model's own over-abstention down by
->= 0.05 or its own abstain F1 up by >= 0.03 (one seed here: the paired interval needs the 3-seed ablation).
+    python scripts/stage4_summary.py --out outputs/offline --seeds 0 1 2
+
+Checks, per stage-4 model, on the seed means: hallucination rate <= 0.02, and not higher than stage 2's on the
+contrastive split; exact match on answerable rows down by at most 0.01; phi@1 not lower; and a gain: the model's own
+over-abstention down by >= 0.05, or its own abstain F1 up by >= 0.03 with the interval excluding 0. Every stage-4 seed
+starts from the same stage-2 model (the smoke run's), so stage 2 is one value paired with each seed.
 """
 
 import argparse
 import json
 import os
+
+from ablation_stats import paired_bootstrap_ci  # scripts/ sibling: the ablations' paired bootstrap
 
 FIELDS = (
     "exact_match",
@@ -21,6 +26,7 @@ FIELDS = (
     "model_answerable_abstain_rate",
     "model_abstain_f1",
 )
+SPLITS = {"test": "", "contrastive": "-contrastive"}
 
 
 def metrics(path: str) -> dict:
@@ -28,40 +34,66 @@ def metrics(path: str) -> dict:
         return {k: json.load(f)["metrics"].get(k) for k in FIELDS}
 
 
+def model_results(out: str, name_of, seeds: list[int]) -> dict:
+    """{split: {field: {"seeds": {seed: x}, "mean": m}}}; name_of(seed) is the model's eval folder for that seed."""
+    results = {}
+    for split, suffix in SPLITS.items():
+        per_seed = {s: metrics(os.path.join(out, "eval", name_of(s) + suffix)) for s in seeds}
+        results[split] = {
+            field: {
+                "seeds": {s: v[field] for s, v in per_seed.items()},
+                "mean": mean(v[field] for v in per_seed.values()),
+            }
+            for field in FIELDS
+        }
+    return results
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def with_differences(model: dict, base: dict) -> dict:
+    for split, fields in model.items():
+        for field, values in fields.items():
+            paired = {s: base[split][field]["seeds"][s] for s in values["seeds"]}
+            values["diff"] = values["mean"] - mean(paired.values())
+            values["ci95"] = paired_bootstrap_ci(paired, values["seeds"])
+    return model
+
+
 def checks(model: dict, base: dict) -> dict:
     test, contrastive = model["test"], model["contrastive"]
+    f1 = test["model_abstain_f1"]
     return {
-        "hallucination_rate_at_most_0.02": test["hallucination_rate"] <= 0.02,
-        "contrastive_hallucination_not_higher": contrastive["hallucination_rate"]
-        <= base["contrastive"]["hallucination_rate"],
-        "exact_match_down_at_most_0.01": test["exact_match"] >= base["test"]["exact_match"] - 0.01,
-        "phi@1_not_lower": test["phi@1"] >= base["test"]["phi@1"],
-        "over_abstention_down_0.05_or_f1_up_0.03": (
-            test["model_answerable_abstain_rate"] <= base["test"]["model_answerable_abstain_rate"] - 0.05
-            or test["model_abstain_f1"] >= base["test"]["model_abstain_f1"] + 0.03
-        ),
+        "hallucination_rate_at_most_0.02": test["hallucination_rate"]["mean"] <= 0.02,
+        "contrastive_hallucination_not_higher": contrastive["hallucination_rate"]["diff"] <= 0,
+        "exact_match_down_at_most_0.01": test["exact_match"]["diff"] >= -0.01,
+        "phi@1_not_lower": test["phi@1"]["diff"] >= 0,
+        "over_abstention_down_0.05_or_f1_up_0.03": test["model_answerable_abstain_rate"]["diff"] <= -0.05
+        or (f1["diff"] >= 0.03 and f1["ci95"] is not None and f1["ci95"][0] > 0),
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
-    names = {"stage2": "stage2", "dpo": f"stage4_dpo-seed{args.seed}", "grpo": f"stage4_grpo-seed{args.seed}"}
-    results = {
-        key: {split: metrics(os.path.join(args.out, "eval", name + suffix))
-              for split, suffix in (("test", ""), ("contrastive", "-contrastive"))}
-        for key, name in names.items()
-    }  # fmt: skip
-    summary = {"seed": args.seed, "metrics": results}
-    summary["checks"] = {key: checks(results[key], results["stage2"]) for key in ("dpo", "grpo")}
-    with open(os.path.join(args.out, f"stage4_summary-seed{args.seed}.json"), "w") as f:
+    base = model_results(args.out, lambda s: "stage2", args.seeds)
+    models = {
+        kind: model_results(args.out, lambda s, k=kind: f"stage4_{k}-seed{s}", args.seeds) for kind in ("dpo", "grpo")
+    }
+    models = {kind: with_differences(results, base) for kind, results in models.items()}
+    summary = {"seeds": args.seeds, "metrics": {"stage2": base, **models}}
+    summary["checks"] = {kind: checks(results, base) for kind, results in models.items()}
+    with open(os.path.join(args.out, "stage4_summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(f"{'model / split':24}" + "".join(f"{field[:14]:>15}" for field in FIELDS))
-    for key, splits in results.items():
-        for split, values in splits.items():
-            print(f"{key + ' / ' + split:24}" + "".join(f"{values[field]:15.3f}" for field in FIELDS))
+    for key, splits in summary["metrics"].items():
+        for split, fields in splits.items():
+            print(f"{key + ' / ' + split:24}" + "".join(f"{fields[f]['mean']:15.3f}" for f in FIELDS))
     print(json.dumps(summary["checks"], indent=1))
 
 

@@ -178,3 +178,14 @@ def test_contrastive_twins_ask_one_question_of_two_images_one_without_the_field(
         derive = make_synthetic.derive_answer
         assert derive(u_meta["fields"], "unanswerable", u_meta["evidence"]) == ABSTAIN_ANSWER  # absent in the twin
         assert derive(a_meta["fields"], a["question_type"], a_meta["evidence"]) == a["answers"][0]
+
+
+def test_run_eval_knows_the_contrastive_set(contrastive, tmp_path):
+    from metrics import evaluation
+
+    manifest, dd = contrastive
+    folder = tmp_path / "set"
+    dd.save_to_disk(str(folder))
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert evaluation.resolve_dataset_name(None, str(folder), dd) == "synthetic_contrastive"
+    assert evaluation.EVAL_DATASETS["synthetic_contrastive"]["metric"] == "exact_match"
