@@ -42,13 +42,17 @@ install_llamacpp() {
   "$PYTHON" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_CPP_PY_VERSION" -d "$dir/src"
   tar -xzf "$dir/src"/llama_cpp_python-*.tar.gz -C "$dir/src"
   local llama="$dir/src/llama_cpp_python-$LLAMA_CPP_PY_VERSION/vendor/llama.cpp"
-  # CPU only, no HTTPS and no web UI download (models are local files, CI has no Hub), only the server target: a full build takes ~3x longer.
-  cmake -S "$llama" -B "$dir/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
-    -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >"$dir/cmake.log"
+  command -v cmake >/dev/null || { echo "llama.cpp needs cmake and a C++ compiler: apt-get install cmake g++" >&2; exit 1; }
+  local generator=()
+  if command -v ninja >/dev/null; then generator=(-G Ninja); fi
+  # CPU only, no HTTPS and no web UI download (models are local files, CI has no Hub), only the server target: a
+  # full build takes ~3x longer. The binary finds its shared libraries in build/bin (rpath), so build/ stays.
+  cmake -S "$llama" -B "$dir/build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DLLAMA_OPENSSL=OFF \
+    -DLLAMA_USE_PREBUILT_UI=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_BUILD_SERVER=ON >"$dir/cmake.log"
   cmake --build "$dir/build" --target llama-server -j "$JOBS" >"$dir/build.log"
   mkdir -p "$dir/bin"
-  cp "$dir/build/bin/llama-server" "$dir/bin/"
-  cp -a "$dir/build/bin/"*.so* "$dir/bin/" 2>/dev/null || true
+  ln -sf ../build/bin/llama-server "$dir/bin/llama-server"
   "$dir/bin/llama-server" --version
   touch "$dir/.complete"
   echo "llama.cpp: $dir"
