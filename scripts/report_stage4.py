@@ -14,14 +14,22 @@ LABELS = {
 }
 
 
+def cell(values: dict) -> str:
+    """mean (difference to stage 2, 95% interval over seeds)."""
+    ci = values.get("ci95")
+    interval = f", [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else ""
+    return f"{fmt(values['mean'])} ({values['diff']:+.3f}{interval})"
+
+
 def stage4_section(summary: dict | None) -> str:
     if not summary:
         return f"## Stage 4: training the abstention\n\n{NOT_MEASURED} (run `bash scripts/stage4.sh`)."
-    results, seed = summary["metrics"], summary["seed"]
+    results, seeds = summary["metrics"], summary["seeds"]
     rows = []
     for split in ("test", "contrastive"):
         for key, label in LABELS.items():
-            rows.append([f"{split}: {label}", *(fmt(results[m][split].get(key)) for m in ("stage2", "dpo", "grpo"))])
+            base = fmt(results["stage2"][split][key]["mean"])
+            rows.append([f"{split}: {label}", base, *(cell(results[m][split][key]) for m in ("dpo", "grpo"))])
     checks = [
         [name.replace("_", " "), *("pass" if summary["checks"][m][name] else "FAIL" for m in ("dpo", "grpo"))]
         for name in summary["checks"]["dpo"]
@@ -29,13 +37,16 @@ def stage4_section(summary: dict | None) -> str:
     return "\n\n".join(
         [
             "## Stage 4: training the abstention",
-            f"From the offline default's merged stage-2 model, seed {seed} (`bash scripts/stage4.sh`): DPO on stage "
-            "2's own mistakes on the train split (`recipes/smoke/stage4_dpo.yaml`, sigmoid + SFT anchor) and GRPO "
-            "with the exact-match / abstention reward (`recipes/smoke/stage4_grpo.yaml`, abstain_cost 0.5), both "
-            "LoRA. Test split with the threshold refitted on validation; the contrastive split asks each question of "
-            "two images, the field present in one only, so the wording alone cannot predict abstention.",
+            f"From the offline default's merged stage-2 model, seeds {seeds} (`bash scripts/stage4.sh OUT SEED`, "
+            "then `scripts/stage4_summary.py`): DPO on stage 2's own mistakes on the train split "
+            "(`recipes/smoke/stage4_dpo.yaml`, sigmoid + SFT anchor) and GRPO with the exact-match / abstention "
+            "reward (`recipes/smoke/stage4_grpo.yaml`, abstain_cost 0.5), both LoRA. Test split with the "
+            "threshold refitted on validation; the contrastive split asks each question of two images, the field "
+            "present in one only, so the wording alone cannot predict abstention. Cells: mean over seeds "
+            "(difference to stage 2, 95% bootstrap interval over seeds; every seed starts from the same stage-2 "
+            "model).",
             table(["split: metric", "stage 2", "DPO", "GRPO"], rows),
-            "Do-no-harm and gain checks of the issue (one seed: the paired interval over 3 seeds is not run yet):",
+            "The issue's do-no-harm and gain checks, on the seed means:",
             table(["check", "DPO", "GRPO"], checks),
         ]
     )

@@ -185,18 +185,31 @@ def test_image_splitting_section_reads_its_own_ablation():
 def test_stage4_section_reads_the_summary():
     import report_stage4
 
-    metrics = dict(exact_match=0.2, hallucination_rate=0.0, answerable_abstain_rate=0.8, model_hallucination_rate=0.03)
-    metrics |= {"phi@1": -0.1, "model_answerable_abstain_rate": 0.25, "model_abstain_f1": 0.74}
+    def model(**changes):
+        values = dict(
+            exact_match=0.2, hallucination_rate=0.0, answerable_abstain_rate=0.8, model_hallucination_rate=0.03
+        )
+        values |= {"phi@1": -0.1, "model_answerable_abstain_rate": 0.25, "model_abstain_f1": 0.74, **changes}
+        return {k: {"seeds": {0: v, 1: v}, "mean": v, "diff": 0.0, "ci95": [0.0, 0.0]} for k, v in values.items()}
+
+    dpo = model(model_answerable_abstain_rate=0.125)
+    dpo["model_answerable_abstain_rate"].update(diff=-0.125, ci95=[-0.25, -0.0625])
+    grpo_contrastive = model(hallucination_rate=0.375)
     summary = {
-        "seed": 0,
+        "seeds": [0, 1],
         "metrics": {
-            "stage2": {"test": metrics, "contrastive": metrics},
-            "dpo": {"test": {**metrics, "model_answerable_abstain_rate": 0.125}, "contrastive": metrics},
-            "grpo": {"test": metrics, "contrastive": {**metrics, "hallucination_rate": 0.375}},
+            "stage2": {"test": model(), "contrastive": model()},
+            "dpo": {"test": dpo, "contrastive": model()},
+            "grpo": {"test": model(), "contrastive": grpo_contrastive},
         },
         "checks": {"dpo": {"phi@1_not_lower": True}, "grpo": {"phi@1_not_lower": False}},
     }
     text = report_stage4.stage4_section(summary)
-    assert row(text, "test: over-abstention (model's own)").endswith("| 0.25 | 0.125 | 0.25 |")
-    assert row(text, "contrastive: hallucination (thresholded)").endswith("| 0 | 0 | 0.375 |")
+    assert row(text, "test: over-abstention (model's own)").endswith(
+        "| 0.25 | 0.125 (-0.125, [-0.25, -0.0625]) | 0.25 (+0.000, [0, 0]) |"
+    )
+    assert row(text, "contrastive: hallucination (thresholded)").endswith(
+        "| 0 | 0 (+0.000, [0, 0]) | 0.375 (+0.000, [0, 0]) |"
+    )
     assert row(text, "phi@1 not lower") == "| phi@1 not lower | pass | FAIL |"
+    assert "seeds [0, 1]" in text
