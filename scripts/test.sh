@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The test suite, from a fresh clone: sets up .venv (idempotent), Chromium for the browser test, then runs pytest
-# offline. Extra args go to pytest: with none it runs every tier (what CI runs); `-m "not slow"` is the fast loop
-# (markers in pyproject.toml: slow, distributed, browser, network, serving).
+# The test suite, from a fresh clone: sets up .venv (idempotent), Chromium for the browser test, then runs pytest with
+# the Hub offline (HF_HUB_OFFLINE=1; the `network` tier reaches the package index, nothing else does). Extra args go
+# to pytest: with none it runs every tier; `-m "not slow"` is the fast loop (markers in pyproject.toml: slow,
+# distributed, browser, network, serving). CI runs it with -m "not serving", then scripts/serve_check.sh.
 set -euo pipefail
 source "$(dirname "$0")/setup_env.sh"
 # The fast loop runs no browser test, so it installs no browser either.
