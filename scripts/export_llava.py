@@ -17,15 +17,10 @@ under `generate`. Serving engines may ignore suppress_tokens; there the new id s
 import argparse
 import logging
 import os
-import sys
 import tempfile
 
 import torch
 from PIL import Image
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 # Why each other projector has no Llava counterpart (Llava's projector is Linear -> act -> Linear per vision token).
 UNSUPPORTED_PROJECTORS = {
