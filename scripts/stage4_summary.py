@@ -31,7 +31,8 @@ SPLITS = {"test": "", "contrastive": "-contrastive"}
 
 def metrics(path: str) -> dict:
     with open(os.path.join(path, "eval_results.json")) as f:
-        return {k: json.load(f)["metrics"].get(k) for k in FIELDS}
+        results = json.load(f)["metrics"]
+    return {k: results.get(k) for k in FIELDS}
 
 
 def model_results(out: str, name_of, seeds: list[int]) -> dict:
