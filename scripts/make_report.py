@@ -97,6 +97,10 @@ STATIC_LIMITS = """- The offline default runs random tiny backbones on a synthet
 - The ablations use a reduced budget (see their config) on shared CPU cores, and the stage-2 arms also train longer
   than stage 1 (the baseline's gain mixes "LoRA" with "more steps").
 - The H100 hours are an estimate from FLOP counts and an assumed MFU, not a run.
+- The ablations (docs/ablations) ran before the tiny Qwen2 stand-in moved to head size 32 (3 heads, 1 KV head, so that
+  vLLM's CPU attention serves it); the offline default and stage 4 above use the new one.
+- Stage 4 starts every seed from one stage-2 model, and neither method reaches the issue's gain on the tiny
+  backbones (its table says by how much); a paired ablation arm with stage 2 retrained per seed is not run yet.
 
 - The image-splitting ablation trains random tiny backbones for ~400 steps: too little for either arm to learn to
   read small text, so it bounds what AnyRes does at this scale, not what it does for a pretrained SigLIP.

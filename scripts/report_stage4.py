@@ -3,6 +3,8 @@ GRPO on the test and contrastive splits, with the do-no-harm checks)."""
 
 from report_format import NOT_MEASURED, fmt, table
 
+SPLITS = ("test", "contrastive")
+
 LABELS = {
     "exact_match": "exact match (answerable)",
     "phi@1": "phi@1",
@@ -26,7 +28,7 @@ def stage4_section(summary: dict | None) -> str:
         return f"## Stage 4: training the abstention\n\n{NOT_MEASURED} (run `bash scripts/stage4.sh`)."
     results, seeds = summary["metrics"], summary["seeds"]
     rows = []
-    for split in ("test", "contrastive"):
+    for split in SPLITS:
         for key, label in LABELS.items():
             base = fmt(results["stage2"][split][key]["mean"])
             rows.append([f"{split}: {label}", base, *(cell(results[m][split][key]) for m in ("dpo", "grpo"))])
@@ -48,5 +50,16 @@ def stage4_section(summary: dict | None) -> str:
             table(["split: metric", "stage 2", "DPO", "GRPO"], rows),
             "The issue's do-no-harm and gain checks, on the seed means:",
             table(["check", "DPO", "GRPO"], checks),
+            reading(results),
         ]
+    )
+
+
+def reading(results: dict) -> str:
+    """What the contrastive split shows about stage 2, in numbers read from the summary."""
+    test, contrastive = (results["stage2"][split]["model_answerable_abstain_rate"]["mean"] for split in SPLITS)
+    return (
+        f"Stage 2 abstains on its own on {contrastive:.0%} of the answerable contrastive questions against {test:.0%} "
+        "of the answerable test questions: asked what is usually absent from its template, it abstains whatever "
+        "the image shows, which the test split (where the wording predicts the label) cannot reveal."
     )
