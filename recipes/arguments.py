@@ -62,10 +62,8 @@ class ModelArguments:
     dtype: str = field(default="float32", metadata={"help": "weights dtype: float32 | bfloat16 | float16"})
     attn_implementation: str | None = None
     trainer: str = field(
-        default="sft",
-        metadata={"help": "sft (rows in our schema) | dpo (preference rows, make_preferences) | grpo (schema rows, "
-                  "rewarded by metrics/rewards.abstention_reward)"},
-    )  # fmt: skip
+        default="sft", metadata={"help": "sft (schema rows) | dpo (make_preferences rows) | grpo (schema rows)"}
+    )
     abstain_cost: float = field(
         default=0.5, metadata={"help": "grpo: the reward for abstaining on an answerable row is -abstain_cost"}
     )
