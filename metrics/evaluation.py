@@ -329,9 +329,7 @@ def run_eval(args: EvalArguments) -> dict:
     gen = lambda rows: generate_batches(
         model, processor, rows, spec["prompt_suffix"], max_new_tokens, args.batch_size, stop_ids
     )
-    for artefact in ARTEFACTS:  # start over: a crash of this run must not leave the last run's results beside it
-        if os.path.exists(os.path.join(output_dir, artefact)):
-            os.remove(os.path.join(output_dir, artefact))
+    clear_artefacts(output_dir)
     threshold, source, fit_records, threshold_fit = choose_threshold(
         args, gen, fit_ds, spec["metric"], generation_config, output_dir
     )
@@ -356,19 +354,7 @@ def run_eval(args: EvalArguments) -> dict:
         "git_commit": code_version(),
         "metric": spec["metric"],
         "prompt_suffix": spec["prompt_suffix"],
-        "generation": {
-            "do_sample": False,
-            "num_beams": 1,
-            "use_cache": True,
-            "padding_side": "left",
-            "max_new_tokens": max_new_tokens,
-            "max_new_tokens_pinned": spec["max_new_tokens"],
-            "batch_size": args.batch_size,
-            "stop_token_ids": stop_ids,
-            "device": str(model.device),
-            "dtype": str(model.dtype),
-            "confidence": "exp(mean raw-logit log-prob of the answer tokens)",
-        },
+        "generation": generation_settings(model, spec, max_new_tokens, args.batch_size, stop_ids),
         "threshold": threshold,
         "threshold_source": source,
         "threshold_fit": threshold_fit,
@@ -383,21 +369,52 @@ def run_eval(args: EvalArguments) -> dict:
     with open(os.path.join(output_dir, "eval_results.json"), "w") as f:
         json.dump(results, f, indent=2)
 
-    card = write_model_card(
-        target if os.path.isdir(target) else output_dir,
-        build_eval_results(metrics, name if os.path.exists(args.dataset) else args.dataset, name, args.split),
-        model_name=os.path.basename(os.path.normpath(target)),
-        note=f"`run_eval.py` at git {results['git_commit']}; dataset fingerprint "
-        f"{results['dataset_fingerprint'][:16]}; abstention threshold {threshold:.4f} ({source}).",
-    )
-    if args.push_to_hub:
-        push_model_card(card, args.push_to_hub)
+    write_card(args, target, output_dir, results)
     print(
         f"[eval] {name}/{args.split}: {len(records)} rows, {results['samples_per_second']:.2f} samples/s; "
         f"{spec['metric']} {metrics[spec['metric']]}; threshold {threshold:.4f} ({source}); "
         f"{results['counts']['unreadable_images']} unreadable images (scored as failures); -> {output_dir}"
     )
     return results
+
+
+def clear_artefacts(output_dir: str) -> None:
+    """Start over: a crash of this run must not leave the last run's results beside it."""
+    for artefact in ARTEFACTS:
+        if os.path.exists(os.path.join(output_dir, artefact)):
+            os.remove(os.path.join(output_dir, artefact))
+
+
+def generation_settings(model, spec: dict, max_new_tokens: int, batch_size: int, stop_ids: list[int]) -> dict:
+    """How the answers were generated, as eval_results.json records it."""
+    return {
+        "do_sample": False,
+        "num_beams": 1,
+        "use_cache": True,
+        "padding_side": "left",
+        "max_new_tokens": max_new_tokens,
+        "max_new_tokens_pinned": spec["max_new_tokens"],
+        "batch_size": batch_size,
+        "stop_token_ids": stop_ids,
+        "device": str(model.device),
+        "dtype": str(model.dtype),
+        "confidence": "exp(mean raw-logit log-prob of the answer tokens)",
+    }
+
+
+def write_card(args: EvalArguments, target: str, output_dir: str, results: dict) -> None:
+    """The results into the model card (the model folder's, else one in output_dir); pushed when asked."""
+    name, threshold, source = results["dataset_name"], results["threshold"], results["threshold_source"]
+    dataset_id = name if os.path.exists(args.dataset) else args.dataset  # a local folder has no Hub id to cite
+    card = write_model_card(
+        target if os.path.isdir(target) else output_dir,
+        build_eval_results(results["metrics"], dataset_id, name, args.split),
+        model_name=os.path.basename(os.path.normpath(target)),
+        note=f"`run_eval.py` at git {results['git_commit']}; dataset fingerprint "
+        f"{results['dataset_fingerprint'][:16]}; abstention threshold {threshold:.4f} ({source}).",
+    )
+    if args.push_to_hub:
+        push_model_card(card, args.push_to_hub)
 
 
 def main(argv=None) -> dict:
