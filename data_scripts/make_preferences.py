@@ -75,14 +75,15 @@ def pair_kinds(rows, predictions: dict) -> dict:
         if record is None:
             continue
         answer, abstained = record["answer"].strip(), said_abstention(record["answer"])
+        elsewhere = answered.get(question_of(messages))
         if answerable and abstained:
             kinds["over_abstention"].append((i, answer or ABSTAIN_ANSWER))
         elif answerable and record["score"] < 1.0:
             kinds["wrong_answer"].append((i, answer))
         elif not answerable and not abstained:
             kinds["hallucination"].append((i, answer))
-        elif not answerable and answered.get(question_of(messages)):
-            kinds["abstention_anchor"].append((i, answered[question_of(messages)].most_common(1)[0][0]))
+        elif not answerable and elsewhere:
+            kinds["abstention_anchor"].append((i, elsewhere.most_common(1)[0][0]))
     return kinds
 
 

@@ -147,12 +147,9 @@ def parse_composed(dataclass_types: tuple, argv: list[str]) -> tuple:
 def trainer_of(argv: list[str]) -> str:
     """The recipe's `trainer` (the last --trainer flag wins over the files), checked before its config is parsed."""
     paths, flags = split_argv(argv)
-    trainer = compose(paths).get("trainer", "sft")
-    for i, flag in enumerate(flags):
-        if flag == "--trainer" and i + 1 < len(flags):
-            trainer = flags[i + 1]
-        elif flag.startswith("--trainer="):
-            trainer = flag.split("=", 1)[1]
+    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    peek.add_argument("--trainer", default=compose(paths).get("trainer", "sft"))
+    trainer = peek.parse_known_args(flags)[0].trainer
     if trainer not in TRAINER_CONFIGS:
         raise ValueError(f"Recipe key 'trainer' must be one of {sorted(TRAINER_CONFIGS)}, got {trainer!r}.")
     return trainer

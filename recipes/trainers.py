@@ -16,7 +16,6 @@ from trl import DPOTrainer, GRPOTrainer, SFTTrainer
 
 from metrics.rewards import make_abstention_reward
 
-TRAINERS = {"sft": SFTTrainer, "dpo": DPOTrainer, "grpo": GRPOTrainer}
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected", "images")
 
 
@@ -44,14 +43,14 @@ class CountingCollator:
     """TRL's own collator for DPO/GRPO, with the `stats` the checkpoint guard saves and restores (rows seen and kept:
     the data check already dropped every bad row, so the two stay equal)."""
 
-    def __init__(self, collator=None):
+    def __init__(self, collator):
         self.collator = collator
         self.stats = {"seen": 0, "kept": 0, "truncated": 0, "all_masked": 0, "skipped": Counter()}
 
     def __call__(self, rows):
         self.stats["seen"] += len(rows)
         self.stats["kept"] += len(rows)
-        return self.collator(rows) if self.collator else rows
+        return self.collator(rows)
 
 
 def grpo_prompts(ds):
