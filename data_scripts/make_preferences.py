@@ -8,10 +8,14 @@ Kinds of pair (the model's own abstention: it said the abstention answer or noth
 - over_abstention: answerable, the model abstained -> chosen the gold answer, rejected its abstention;
 - wrong_answer: answerable, the model answered wrongly -> chosen the gold answer, rejected its answer;
 - hallucination: unanswerable, the model answered -> chosen the abstention, rejected its answer;
-- abstention_anchor: unanswerable, the model abstained (rightly) -> chosen the abstention, rejected the answer the
-  model gave most often to the same question where it did answer (its on-policy answer to that wording). Without
-  these, a model that rarely hallucinates yields pairs that only ever reject "unanswerable", and DPO teaches it to
-  stop abstaining (seen here: hallucinations 0 -> 53 of 59).
+- abstention_anchor: unanswerable, the model abstained (rightly) -> chosen the abstention, rejected an answer that
+  belongs elsewhere. `--anchor other_image` (default): the gold answer of another image to the same question (seeded
+  choice), so every question the model over-abstains on also has anchors and the pair differs only in what the
+  image shows (mDPO's image-contrastive idea). `--anchor own`: the answer the model gave most often to the same
+  question where it did answer (on-policy, but only for questions it ever answers: on the offline default 5
+  questions, none of the 53 it over-abstains on). Without anchors, a model that rarely hallucinates yields pairs
+  that only ever reject "unanswerable", and DPO teaches it to stop abstaining (seen here: hallucinations 0 -> 53
+  of 59).
 Answerable and unanswerable pairs are balanced (as many of each, seeded choice; over_abstention before
 wrong_answer, hallucination before abstention_anchor).
 """
@@ -30,6 +34,7 @@ from data_scripts.schema import ABSTAIN_ANSWER, MANIFEST_NAME, load_dataset_dir
 from processing.answers import is_abstained
 
 KINDS = ("over_abstention", "wrong_answer", "hallucination", "abstention_anchor")
+ANCHORS = ("other_image", "own")
 _PART = {"type": datasets.Value("string"), "text": datasets.Value("string")}
 _TURN = datasets.List({"role": datasets.Value("string"), "content": datasets.List(_PART)})
 FEATURES = datasets.Features(
@@ -62,28 +67,36 @@ def read_predictions(path: str) -> dict:
     return {r["id"]: r for r in records if not r.get("image_error")}
 
 
-def pair_kinds(rows, predictions: dict) -> dict:
+def pair_kinds(rows, predictions: dict, anchor: str = "other_image", seed: int = 0) -> dict:
     """{kind: [(row index, rejected text)]} for the rows the model got wrong (and the anchors)."""
-    answered = {}  # question -> Counter of the model's non-abstention answers to it
-    for row_id, messages in zip(rows["id"], rows["messages"]):
-        record = predictions.get(row_id)
-        if record and not said_abstention(record["answer"]):
-            answered.setdefault(question_of(messages), Counter())[record["answer"].strip()] += 1
+    if anchor not in ANCHORS:
+        raise ValueError(f"anchor={anchor!r}: use one of {', '.join(ANCHORS)}.")
+    elsewhere = {}  # question -> Counter of the answers an anchor may reject for it
+    for row_id, messages, answerable in zip(rows["id"], rows["messages"], rows["answerable"]):
+        if anchor == "other_image":
+            answer = messages[1]["content"][0]["text"] if answerable else None
+        else:
+            record = predictions.get(row_id)
+            answer = record["answer"] if record and not said_abstention(record["answer"]) else None
+        if answer is not None:
+            elsewhere.setdefault(question_of(messages), Counter())[answer.strip()] += 1
+    rng = random.Random(seed)
     kinds = {kind: [] for kind in KINDS}
     for i, (row_id, messages, answerable) in enumerate(zip(rows["id"], rows["messages"], rows["answerable"])):
         record = predictions.get(row_id)
         if record is None:
             continue
         answer, abstained = record["answer"].strip(), said_abstention(record["answer"])
-        elsewhere = answered.get(question_of(messages))
+        others = elsewhere.get(question_of(messages))
         if answerable and abstained:
             kinds["over_abstention"].append((i, answer or ABSTAIN_ANSWER))
         elif answerable and record["score"] < 1.0:
             kinds["wrong_answer"].append((i, answer))
         elif not answerable and not abstained:
             kinds["hallucination"].append((i, answer))
-        elif not answerable and elsewhere:
-            kinds["abstention_anchor"].append((i, elsewhere.most_common(1)[0][0]))
+        elif not answerable and others:
+            pick = others.most_common(1)[0][0] if anchor == "own" else rng.choice(sorted(others))
+            kinds["abstention_anchor"].append((i, pick))
     return kinds
 
 
@@ -106,11 +119,13 @@ def balanced(kinds: dict, seed: int) -> list[tuple[str, int, str]]:
     return sorted(sides[0][:n] + sides[1][:n], key=lambda p: p[1])
 
 
-def build_preferences(dataset: str, predictions: str, out: str, split: str = "train", seed: int = 0) -> dict:
+def build_preferences(
+    dataset: str, predictions: str, out: str, split: str = "train", seed: int = 0, anchor: str = "other_image"
+) -> dict:
     """Writes OUT (DatasetDict {"train": pairs}) + manifest.json; returns the manifest."""
     ds = load_dataset_dir(dataset)[split]
     columns = ds.select_columns(["id", "messages", "answerable"]).to_dict()
-    kinds = pair_kinds(columns, read_predictions(predictions))
+    kinds = pair_kinds(columns, read_predictions(predictions), anchor, seed)
     chosen_pairs = balanced(kinds, seed)
     if not chosen_pairs:
         raise ValueError(
@@ -142,6 +157,7 @@ def build_preferences(dataset: str, predictions: str, out: str, split: str = "tr
         "split": split,
         "predictions_sha256": sha256_of(predictions),
         "seed": seed,
+        "anchor": anchor,
         "candidates": {kind: len(items) for kind, items in kinds.items()},
         "pairs": dict(Counter(row["kind"] for row in rows)),
         "fingerprint": hashlib.sha256(
@@ -166,8 +182,9 @@ def main(argv=None) -> dict:
     p.add_argument("--out", required=True, help="output folder (replaced if present)")
     p.add_argument("--split", default="train")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--anchor", choices=ANCHORS, default="other_image", help="what an abstention anchor rejects")
     args = p.parse_args(argv)
-    manifest = build_preferences(args.dataset, args.predictions, args.out, args.split, args.seed)
+    manifest = build_preferences(args.dataset, args.predictions, args.out, args.split, args.seed, args.anchor)
     print(f"[preferences] {manifest['pairs']} pairs from candidates {manifest['candidates']} -> {args.out}")
     return manifest
 

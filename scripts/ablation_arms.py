@@ -11,8 +11,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARMS_DIR = os.path.join(ROOT, "recipes", "ablations")
 # An arm's header line names its base recipe, the one composition every consumer (tests/test_recipes.py too) reads.
 HEADER = re.compile(r"^#\s+(?:accelerate launch |python )?run_sft\.py (\S+) (\S+)\s*$", re.MULTILINE)
-BASE_STAGE = re.compile(r"recipes/smoke/stage([12])\.yaml")
-INIT_ARM = "s1_mlp"  # every stage-2 arm continues from this stage-1 arm's run of the same seed
+BASE_STAGE = re.compile(r"recipes/smoke/stage([12]|4_dpo|4_grpo)\.yaml")
+# Each arm continues from this arm's run of the same seed: stage 2 from the stage-1 control, stage 4 (DPO / GRPO on
+# the model's own answers) from the baseline's stage 2, so stage 2 is retrained per seed and every pair is a seed.
+INIT_ARMS = {2: "s1_mlp", 4: "s2_lora_r16_top1"}
+INIT_STAGE = {2: 1, 4: 2}  # the stage each init arm must be
+INIT_ARM = INIT_ARMS[2]
 COMPARISONS = {
     "baseline": (
         "s1_mlp",
@@ -25,14 +29,25 @@ COMPARISONS = {
     "lora_rank": ("s2_lora_r8", "s2_lora_r16", "LoRA rank 8 vs 16 (LoRA only, alpha = 2r)"),
     "lora_topk": ("s2_lora_r16", "s2_lora_r16_top1", "LoRA only vs LoRA + top-1 LLM block unfrozen (r16)"),
     "image_position": ("s1_mlp", "s1_prefix", "image slots in the user turn vs as a prefix before the chat"),
+    "stage4_dpo": (
+        "s2_lora_r16_top1",
+        "s4_dpo",
+        "stage 2 vs stage 4 DPO on its own mistakes (sigmoid + SFT anchor, image-contrastive abstention anchors)",
+    ),
+    "stage4_grpo": (
+        "s2_lora_r16_top1",
+        "s4_grpo",
+        "stage 2 vs stage 4 GRPO (exact match on answerable, abstention on unanswerable, abstain_cost)",
+    ),
     "image_splitting": (
         "hr_single",
         "hr_anyres",
         "high-resolution set: one squashed tile vs AnyRes (<= 12 tiles + overview), equal training tokens",
     ),
 }
-# Arms on their own data (the high-resolution set, ~7x the tokens per sample): run with `--only image_splitting`.
-OPT_IN_ARMS = ("hr_single", "hr_anyres")
+# Arms on their own data (the high-resolution set, ~7x the tokens per sample): run with `--only image_splitting`;
+# stage-4 arms (stage 2 per seed, then its train-split answers, then DPO / GRPO): `--only stage4_dpo stage4_grpo`.
+OPT_IN_ARMS = ("hr_single", "hr_anyres", "s4_dpo", "s4_grpo")
 # model_abstain_f1: the model's own abstentions (no threshold); abstain_f1 includes the threshold fitted on validation
 METRICS = (
     "exact_match",
@@ -42,7 +57,27 @@ METRICS = (
     "last_loss",
     "train_samples_per_second",
 )
-SUMMARY_FIELDS = (*METRICS, "auc", "first_loss", "eval_samples_per_second", "num_image_tokens", "seconds")
+# Compared as well where the second arm is a stage-4 one: the issue's do-no-harm and gain checks read these (over-
+# abstention = abstaining on answerable rows; contrastive_*: on the contrastive split, where the wording alone cannot
+# tell an unanswerable question).
+STAGE4_METRICS = (
+    "phi@1",
+    "answerable_abstain_rate",
+    "model_answerable_abstain_rate",
+    "model_hallucination_rate",
+    "contrastive_hallucination_rate",
+    "contrastive_model_hallucination_rate",
+    "contrastive_model_answerable_abstain_rate",
+)
+SUMMARY_FIELDS = (
+    *METRICS,
+    *STAGE4_METRICS,
+    "auc",
+    "first_loss",
+    "eval_samples_per_second",
+    "num_image_tokens",
+    "seconds",
+)
 
 
 def discover_arms(folder: str = ARMS_DIR) -> dict:
@@ -58,15 +93,25 @@ def discover_arms(folder: str = ARMS_DIR) -> dict:
         if stage is None:
             raise ValueError(
                 f"{rel}: its header needs the line `#   accelerate launch run_sft.py recipes/smoke/stageN.yaml {rel}` "
-                "(N = 1 or 2) naming the smoke recipe it overlays."
+                "(N = 1, 2, 4_dpo or 4_grpo) naming the smoke recipe it overlays."
             )
         name = os.path.splitext(os.path.basename(path))[0]
-        arms[name] = {"stage": int(stage[1]), "base": match[1], "overlay": rel, "keys": yaml.safe_load(text) or {}}
-        if arms[name]["stage"] == 2:
-            arms[name]["init"] = INIT_ARM
-    if any(a["stage"] == 2 for a in arms.values()) and arms.get(INIT_ARM, {}).get("stage") != 1:
-        raise ValueError(f"Stage-2 arms continue from {INIT_ARM!r}, which is not a stage-1 arm in {folder}.")
+        arms[name] = {"stage": int(stage[1][0]), "base": match[1], "overlay": rel, "keys": yaml.safe_load(text) or {}}
+        if arms[name]["stage"] in INIT_ARMS:
+            arms[name]["init"] = INIT_ARMS[arms[name]["stage"]]
+        if arms[name]["stage"] == 4:
+            arms[name]["trainer"] = stage[1][2:]
+    for stage, init in INIT_ARMS.items():
+        if any(a["stage"] == stage for a in arms.values()) and arms.get(init, {}).get("stage") != INIT_STAGE[stage]:
+            raise ValueError(
+                f"Stage-{stage} arms continue from {init!r}, which is not a stage-{INIT_STAGE[stage]} arm in {folder}."
+            )
     return arms
+
+
+def compared_metrics(arm_b: str) -> tuple:
+    """The metrics of a comparison whose second arm is arm_b: stage-4 arms add the abstention checks' inputs."""
+    return METRICS + STAGE4_METRICS if ARMS[arm_b]["stage"] == 4 else METRICS
 
 
 ARMS = discover_arms()

@@ -5,7 +5,7 @@ import math
 import os
 
 import numpy as np
-from ablation_arms import ARMS, COMPARISONS, INIT_ARM, METRICS, SUMMARY_FIELDS
+from ablation_arms import ARMS, COMPARISONS, INIT_ARMS, SUMMARY_FIELDS, compared_metrics
 
 N_BOOT, BOOT_SEED = 10_000, 0
 STATISTICS = (
@@ -116,8 +116,53 @@ def build_comparisons(arms: dict) -> list[dict]:
         if a in arms and b in arms and arms[a]["seeds"] and arms[b]["seeds"]:
             sa = {int(s): r for s, r in arms[a]["seeds"].items()}
             sb = {int(s): r for s, r in arms[b]["seeds"].items()}
-            rows += [compare(name, question, a, b, sa, sb, metric) for metric in METRICS]
+            rows += [compare(name, question, a, b, sa, sb, metric) for metric in compared_metrics(b)]
     return rows
+
+
+# The issue's done-when for stage 4, against stage 2 on the test split (threshold refitted on validation) and the
+# contrastive split: do no harm, and gain on at least one of the over-abstention / abstain-F1 lines, by the margin
+# and with the paired 95% interval on the right side of 0.
+GAINS = {"answerable_abstain_rate": -0.05, "model_answerable_abstain_rate": -0.05, "model_abstain_f1": 0.03}
+
+
+def abstention_checks(stats: dict) -> dict:
+    """stats: {metric: {"mean": stage 4's mean, "diff": mean difference to stage 2, "ci95": [lo, hi] or None}} with
+    the contrastive split's metrics as contrastive_<metric>. Returns {check: bool}."""
+
+    def gained(metric: str, margin: float) -> bool:
+        diff, ci = stats[metric]["diff"], stats[metric]["ci95"]
+        if margin < 0:
+            return diff <= margin and ci is not None and ci[1] < 0
+        return diff >= margin and ci is not None and ci[0] > 0
+
+    checks = {
+        "hallucination_rate_at_most_0.02": stats["hallucination_rate"]["mean"] <= 0.02,
+        "contrastive_hallucination_not_higher": stats["contrastive_hallucination_rate"]["diff"] <= 0,
+        "exact_match_down_at_most_0.01": stats["exact_match"]["diff"] >= -0.01,
+        "phi@1_not_lower": stats["phi@1"]["diff"] >= 0,
+    }
+    checks["do_no_harm"] = all(checks.values())
+    checks |= {f"gain_{metric}_{margin:+g}": gained(metric, margin) for metric, margin in GAINS.items()}
+    checks["gain"] = any(checks[f"gain_{metric}_{margin:+g}"] for metric, margin in GAINS.items())
+    return checks
+
+
+def stage4_checks(comparisons: list[dict]) -> dict:
+    """{comparison: abstention_checks} for every comparison against a stage-4 arm that has all the metrics."""
+    by_name = {}
+    for c in comparisons:
+        if ARMS.get(c["b"], {}).get("stage") == 4:
+            by_name.setdefault(c["name"], {})[c["metric"]] = {
+                "mean": c["mean_b"],
+                "diff": c["diff"],
+                "ci95": c["ci95"],
+            }
+    return {
+        name: abstention_checks(stats)
+        for name, stats in by_name.items()
+        if all(v["mean"] is not None and v["diff"] is not None for v in stats.values())
+    }
 
 
 def report_comparisons(results: dict) -> None:
@@ -160,14 +205,16 @@ def plot(results: dict, out: str) -> None:
     fig.tight_layout()
     fig.savefig(os.path.join(out, "ablations_bars.png"), dpi=100)
     plt.close(fig)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    stages = sorted({1, 2} | {arm["stage"] for arm in arms.values()})
+    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.6))
     for name, arm in arms.items():
         curves = [dict(map(tuple, r["losses"])) for r in arm["seeds"].values() if r.get("losses")]
         steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
         if steps:
             mean = [np.mean([c[s] for c in curves]) for s in steps]
-            axes[arm["stage"] - 1].plot(steps, mean, label=f"{name} (n={len(curves)})")
-    for ax, title in zip(axes, ("stage 1 arms", f"stage 2 arms (continue from {INIT_ARM})")):
+            axes[stages.index(arm["stage"])].plot(steps, mean, label=f"{name} (n={len(curves)})")
+    titles = [f"stage {s} arms" + (f" (continue from {INIT_ARMS[s]})" if s in INIT_ARMS else "") for s in stages]
+    for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel("train loss (mean over seeds)")

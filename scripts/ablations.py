@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 
+import yaml
+
 # Run as `python scripts/ablations.py` (the project installed, as scripts/setup_env.sh does): the sibling ablation_*
 # modules import by name. The script's public names (statistics, arm discovery) stay importable from it.
 from ablation_arms import (  # noqa: F401
@@ -37,12 +39,15 @@ from ablation_arms import (  # noqa: F401
     COMPARISONS,
     DEFAULT_ARMS,
     INIT_ARM,
+    INIT_ARMS,
     METRICS,
+    STAGE4_METRICS,
     discover_arms,
     select_arms,
 )
 from ablation_stats import (  # noqa: F401
     STATISTICS,
+    abstention_checks,
     build_comparisons,
     compare,
     finite,
@@ -50,6 +55,7 @@ from ablation_stats import (  # noqa: F401
     paired_t_p_value,
     plot,
     report_comparisons,
+    stage4_checks,
     summarize_arm,
 )
 
@@ -60,22 +66,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The explicit ablation budget: the smoke run's data (n=2000) and stage-1 schedule (4 epochs), stage 2 at half the
 # smoke's 8 epochs, so 7 arms x 3 seeds fit ~35 min on 2 quiet cores (smoke: 91 train samples/s). A first budget of
 # n=600 and one epoch per stage learned nothing (every arm abstained on every question), see the notes.
+# Stage 4 keeps its smoke recipe's epochs (stage4_epochs None); its DPO pairs come from stage 2's answers on the
+# whole train split (train_eval_max_samples None) and it is also scored on the contrastive set (contrastive_n rows).
 BUDGET = {
     "n": 2000,
     "stage1_epochs": 4,
     "stage2_epochs": 4,
+    "stage4_epochs": None,
     "max_steps": None,
     "eval_max_samples": None,
     "eval_batch_size": 32,
+    "train_eval_max_samples": None,
+    "contrastive_n": 1000,
 }
 QUICK = {
     "n": 200,
     "stage1_epochs": 1,
     "stage2_epochs": 1,
+    "stage4_epochs": None,
     "max_steps": 2,
     "eval_max_samples": 4,
     "eval_batch_size": 4,
     "eval_max_new_tokens": 4,
+    "train_eval_max_samples": 24,
+    "contrastive_n": 200,
 }
 MACHINE_NOTE = "the cores may be shared with other jobs, so seconds and samples/s are noisy"
 HIGHRES_N, HIGHRES_N_QUICK = 1000, 200  # rows of the high-resolution set (image_splitting arms)
@@ -97,7 +111,8 @@ def run_logged(cmd: list[str], log_path: str) -> float:
 
 
 def arm_data(arm: dict) -> str:
-    """The data folder an arm trains and is evaluated on, relative to OUT: its overlay's `datasets`, else the set."""
+    """The data folder an arm is evaluated on (and trains on, but for DPO's pairs), relative to OUT: its overlay's
+    `datasets`, else the set."""
     datasets = arm["keys"].get("datasets") or [{"path": "OUT_DIR/data/synthetic"}]
     return datasets[0]["path"].replace("OUT_DIR/", "")
 
@@ -113,6 +128,9 @@ def prepare_inputs(out: str, budget: dict, backbones: str | None, data: str | No
             n = HIGHRES_N_QUICK if budget.get("max_steps") else HIGHRES_N
             cmd[-1:] = [str(n), "--variant", "highres", "--tile_size", str(TINY_TILE)]
         jobs.append((rel, data if rel == "data/synthetic" else None, [*cmd, "--out"]))
+    if any(ARMS[name]["stage"] == 4 for name in names):  # scored on it too: the wording alone cannot tell
+        cmd = ["-m", "data_scripts.make_synthetic", "--seed", "7", "--num_proc", "1", "--variant", "contrastive"]
+        jobs.append((CONTRASTIVE, None, [*cmd, "--n", str(budget["contrastive_n"]), "--out"]))
     for name, given, cmd in jobs:
         path = os.path.join(out, name)
         if given and not os.path.exists(path):
@@ -128,6 +146,9 @@ def prepare_inputs(out: str, budget: dict, backbones: str | None, data: str | No
             with open(filled(out, rel), "w") as f:
                 f.write(text)
     return load_fingerprint(out, needed[0])
+
+
+CONTRASTIVE = "data/contrastive"  # relative to OUT, as in scripts/stage4.sh
 
 
 def filled(out: str, rel: str) -> str:
@@ -148,12 +169,14 @@ def train_flags(arm: dict, seed: int, budget: dict, out: str) -> list[str]:
         "save_strategy": "no",
         "report_to": "none",
     }
-    if "num_train_epochs" not in arm["keys"] or budget["max_steps"]:  # an arm's own epochs: its equal-compute share
-        flags["num_train_epochs"] = budget[f"stage{arm['stage']}_epochs"]
+    epochs = budget.get(f"stage{arm['stage']}_epochs")  # None: the base recipe's own
+    if epochs is not None and ("num_train_epochs" not in arm["keys"] or budget["max_steps"]):
+        flags["num_train_epochs"] = epochs  # an arm's own epochs: its equal-compute share
     if budget["max_steps"]:
         flags.update(max_steps=budget["max_steps"], logging_steps=1)
-    if arm["stage"] == 2:
-        flags["init_from"] = os.path.join(out, "runs", f"{arm['init']}-seed{seed}")
+    if arm["stage"] in INIT_ARMS:  # stage 1 saves the whole model in its run folder, stage 2 a merged/ one
+        init_dir = os.path.join(out, "runs", f"{arm['init']}-seed{seed}")
+        flags["init_from"] = os.path.join(init_dir, "merged") if arm["stage"] == 4 else init_dir
     return [x for k, v in flags.items() for x in (f"--{k}", str(v))]
 
 
@@ -167,7 +190,7 @@ def is_current(record: dict, arm: dict, budget: dict) -> bool:
 
 
 def run_arm_seed(name: str, seed: int, budget: dict, out: str) -> dict:
-    """Train + evaluate one arm for one seed (its stage-1 init first when needed); cached by (arm, seed, budget)."""
+    """Train + evaluate one arm for one seed (its init arm's run first when needed); cached by (arm, seed, budget)."""
     arm, run_dir = ARMS[name], os.path.join(out, "runs", f"{name}-seed{seed}")
     record_path = os.path.join(run_dir, "record.json")
     if os.path.exists(record_path):
@@ -175,41 +198,23 @@ def run_arm_seed(name: str, seed: int, budget: dict, out: str) -> dict:
             record = json.load(f)
         if is_current(record, arm, budget):
             return record
-    if arm["stage"] == 2:
+    if arm["stage"] in INIT_ARMS:
         run_arm_seed(arm["init"], seed, budget, out)
     shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(run_dir)
     log = os.path.join(run_dir, "log.txt")
     files = [filled(out, arm["base"]), filled(out, arm["overlay"])]
+    extra = {}
+    if arm["stage"] == 4:  # stage 2's scores on the contrastive set, to pair with this arm's
+        extra["init_contrastive"] = add_contrastive(arm["init"], seed, budget, out)
+    if arm.get("trainer") == "dpo":  # this seed's pairs, from this seed's stage 2, as one more overlay
+        files.append(preferences_overlay(arm, seed, budget, out, run_dir, log))
     train_s = run_logged(
         [sys.executable, "run_sft.py", *files, "--output_dir", run_dir, *train_flags(arm, seed, budget, out)], log
     )
-    model_dir = os.path.join(run_dir, "merged") if arm["stage"] == 2 else run_dir
+    model_dir = os.path.join(run_dir, "merged") if arm["stage"] > 1 else run_dir
     eval_dir = os.path.join(run_dir, "eval")
-    data = os.path.join(out, arm_data(arm))
-    eval_cmd = [
-        sys.executable,
-        "run_eval.py",
-        "--model",
-        model_dir,
-        "--dataset",
-        data,
-        "--split",
-        "test",
-        "--threshold_split",
-        "validation",
-        "--output_dir",
-        eval_dir,
-        "--batch_size",
-        str(budget["eval_batch_size"]),
-        "--gallery_size",
-        "8",
-    ]
-    if budget["eval_max_samples"]:
-        eval_cmd += ["--max_samples", str(budget["eval_max_samples"])]
-    if budget.get("eval_max_new_tokens"):
-        eval_cmd += ["--max_new_tokens", str(budget["eval_max_new_tokens"])]
-    eval_s = run_logged(eval_cmd, log)
+    eval_s = run_logged(eval_command(model_dir, os.path.join(out, arm_data(arm)), "test", eval_dir, budget), log)
     record = {
         "budget": budget,
         "overlay": arm["overlay"],
@@ -222,7 +227,79 @@ def run_arm_seed(name: str, seed: int, budget: dict, out: str) -> dict:
     }
     with open(record_path, "w") as f:
         json.dump(record, f, indent=2)
+    if arm["stage"] == 4:
+        record = add_contrastive(name, seed, budget, out)
     return record
+
+
+def eval_command(model_dir: str, data: str, split: str, eval_dir: str, budget: dict, max_samples=None) -> list[str]:
+    """run_eval on a split; the test split's threshold refitted on validation, the train split's answers raw."""
+    cmd = [sys.executable, "run_eval.py", "--model", model_dir, "--dataset", data, "--split", split]
+    cmd += ["--threshold", "0"] if split == "train" else ["--threshold_split", "validation"]
+    cmd += ["--output_dir", eval_dir, "--batch_size", str(budget["eval_batch_size"]), "--gallery_size", "8"]
+    max_samples = max_samples or budget["eval_max_samples"]
+    if max_samples:
+        cmd += ["--max_samples", str(max_samples)]
+    if budget.get("eval_max_new_tokens"):
+        cmd += ["--max_new_tokens", str(budget["eval_max_new_tokens"])]
+    return cmd
+
+
+def add_contrastive(name: str, seed: int, budget: dict, out: str) -> dict:
+    """The run's scores on the contrastive set (once), as contrastive_<metric> in its record.json; returns it."""
+    run_dir = os.path.join(out, "runs", f"{name}-seed{seed}")
+    record_path = os.path.join(run_dir, "record.json")
+    with open(record_path) as f:
+        record = json.load(f)
+    if "contrastive_hallucination_rate" not in record:
+        eval_dir = os.path.join(run_dir, "eval-contrastive")
+        model_dir = os.path.join(run_dir, "merged")
+        seconds = run_logged(
+            eval_command(model_dir, os.path.join(out, CONTRASTIVE), "test", eval_dir, budget),
+            os.path.join(run_dir, "log.txt"),
+        )
+        with open(os.path.join(eval_dir, "eval_results.json")) as f:
+            metrics = json.load(f)["metrics"]
+        record |= {f"contrastive_{k}": metrics.get(k) for k in EVAL_FIELDS}
+        record["seconds"] += seconds
+        with open(record_path, "w") as f:
+            json.dump(record, f, indent=2)
+    return record
+
+
+def preferences_overlay(arm: dict, seed: int, budget: dict, out: str, run_dir: str, log: str) -> str:
+    """The init arm's greedy answers on the train split (kept in its run folder), this seed's preference pairs from
+    them (data_scripts.make_preferences) and an overlay file pointing the recipe's datasets at them."""
+    init_dir = os.path.join(out, "runs", f"{arm['init']}-seed{seed}")
+    data, train_eval = os.path.join(out, arm_data(arm)), os.path.join(init_dir, "eval-train")
+    if not os.path.exists(os.path.join(train_eval, "predictions.jsonl")):
+        model_dir = os.path.join(init_dir, "merged")
+        run_logged(eval_command(model_dir, data, "train", train_eval, budget, budget["train_eval_max_samples"]), log)
+    pairs = os.path.join(run_dir, "preferences")
+    predictions = os.path.join(train_eval, "predictions.jsonl")
+    run_logged(
+        [sys.executable, "-m", "data_scripts.make_preferences", "--dataset", data, "--predictions", predictions]
+        + ["--split", "train", "--seed", str(seed), "--out", pairs],
+        log,
+    )
+    overlay = os.path.join(run_dir, "preferences.yaml")
+    with open(overlay, "w") as f:
+        yaml.safe_dump({"datasets": [{"path": pairs, "split": "train"}]}, f)
+    return overlay
+
+
+# run_eval's metrics every record keeps (contrastive_<name> too for stage 2 and 4 runs in a stage-4 comparison)
+EVAL_FIELDS = (
+    "exact_match",
+    "abstain_f1",
+    "model_abstain_f1",
+    "hallucination_rate",
+    "model_hallucination_rate",
+    "phi@1",
+    "answerable_abstain_rate",
+    "model_answerable_abstain_rate",
+    "auc",
+)
 
 
 def read_run(run_dir: str, eval_dir: str, model_dir: str) -> dict:
@@ -234,12 +311,7 @@ def read_run(run_dir: str, eval_dir: str, model_dir: str) -> dict:
         ev = json.load(f)
     m = ev["metrics"]
     return {
-        "exact_match": m.get("exact_match"),
-        "abstain_f1": m.get("abstain_f1"),
-        "model_abstain_f1": m.get("model_abstain_f1"),
-        "model_hallucination_rate": m.get("model_hallucination_rate"),
-        "hallucination_rate": m.get("hallucination_rate"),
-        "auc": m.get("auc"),
+        **{k: m.get(k) for k in EVAL_FIELDS},
         "first_loss": finite(train["first_loss"]),
         "last_loss": finite(train["last_loss"]),
         "losses": train["losses"],
@@ -351,6 +423,7 @@ def write_results(out, budget, seeds, errors, fingerprint, started, t0, load_sta
         "arms": arms,
         "comparisons": build_comparisons(arms),
     }
+    results["stage4_checks"] = stage4_checks(results["comparisons"])
     with open(os.path.join(out, "ablations.json"), "w") as f:
         json.dump(results, f, indent=2)
     return results
@@ -381,6 +454,7 @@ def recompute_stats(out: str) -> dict:
     cfg["recipes"] = "each arm: its base recipe + its overlay (arms[].base, arms[].overlay) + the budget's flags"
     cfg["stats_recomputed"] = {"at": datetime.datetime.now().isoformat(timespec="seconds"), "code": code_version()}
     results.update(arms=arms, comparisons=build_comparisons(arms))
+    results["stage4_checks"] = stage4_checks(results["comparisons"])
     with open(path, "w") as f:
         json.dump(results, f, indent=2)
     plot(results, out)

@@ -55,27 +55,40 @@ def preferences(synthetic_set, tmp_path_factory):
     root = tmp_path_factory.mktemp("preferences")
     train = load_dataset_dir(synthetic_set)["train"]
     said = fabricated_predictions(train, root / "predictions.jsonl")
-    manifest = build_preferences(synthetic_set, str(root / "predictions.jsonl"), str(root / "pairs"), seed=0)
-    return {"dir": str(root / "pairs"), "manifest": manifest, "said": said, "train": train}
+    manifests = {
+        anchor: build_preferences(synthetic_set, str(root / "predictions.jsonl"), str(root / anchor), anchor=anchor)
+        for anchor in ("other_image", "own")
+    }
+    return {"dir": str(root / "other_image"), "root": root, "manifests": manifests, "said": said, "train": train}
 
 
-def test_preference_pairs_are_on_policy_balanced_and_anchored(preferences):
-    pairs, train, said = load_dataset_dir(preferences["dir"])["train"], preferences["train"], preferences["said"]
+@pytest.mark.parametrize("anchor", ["other_image", "own"])
+def test_preference_pairs_are_on_policy_balanced_and_anchored(preferences, anchor):
+    pairs, train, said = (
+        load_dataset_dir(str(preferences["root"] / anchor))["train"],
+        preferences["train"],
+        preferences["said"],
+    )
+    manifest = preferences["manifests"][anchor]
+    assert manifest["anchor"] == anchor
     rows = {row_id: i for i, row_id in enumerate(train["id"])}
     kinds = Counter(pairs["kind"])
     n = sum(pairs["answerable"])
     assert n == len(pairs) - n > 0  # balanced
-    candidates = preferences["manifest"]["candidates"]
+    candidates = manifest["candidates"]
     # Each side in kind order: over-abstention before wrong answers, hallucinations before anchors.
     assert kinds["over_abstention"] == min(n, candidates["over_abstention"])
     assert kinds["wrong_answer"] == n - kinds["over_abstention"]
     assert kinds["hallucination"] == candidates["hallucination"] > 0 and kinds["abstention_anchor"] > 0
     assert kinds["hallucination"] + kinds["abstention_anchor"] == n
-    assert preferences["manifest"]["pairs"] == {k: v for k, v in kinds.items() if v}
-    answered = {}  # question -> the model's answers where it did answer
+    assert manifest["pairs"] == {k: v for k, v in kinds.items() if v}
+    answered, gold = {}, {}  # question -> the model's answers where it did answer / the gold answers of other images
     for i, row_id in enumerate(train["id"]):
+        question = train["messages"][i][0]["content"][-1]["text"]
         if said[row_id] != ABSTAIN_ANSWER:
-            answered.setdefault(train["messages"][i][0]["content"][-1]["text"], Counter())[said[row_id]] += 1
+            answered.setdefault(question, Counter())[said[row_id]] += 1
+        if train["answerable"][i]:
+            gold.setdefault(question, set()).add(train["messages"][i][1]["content"][0]["text"])
     for pair in pairs:
         row_id = pair["id"].removesuffix(f"-{pair['kind']}")
         source = train[rows[row_id]]
@@ -83,9 +96,13 @@ def test_preference_pairs_are_on_policy_balanced_and_anchored(preferences):
         assert pair["prompt"] == source["messages"][:1] and pair["answerable"] == source["answerable"]
         assert chosen == source["messages"][1]["content"][0]["text"]  # the gold, or the abstention answer
         assert pair["images"][0].tobytes() == source["images"][0].tobytes()
-        if pair["kind"] == "abstention_anchor":  # the model's own answer to this wording elsewhere
+        if pair["kind"] == "abstention_anchor":
             question = source["messages"][0]["content"][-1]["text"]
-            assert said[row_id] == ABSTAIN_ANSWER and rejected == answered[question].most_common(1)[0][0]
+            assert said[row_id] == ABSTAIN_ANSWER and not source["answerable"]
+            if anchor == "own":  # the model's own most frequent answer to this wording elsewhere
+                assert rejected == answered[question].most_common(1)[0][0]
+            else:  # the gold answer of another image to the same question
+                assert rejected in gold[question]
         else:
             assert rejected == said[row_id] and chosen != rejected
 
