@@ -81,6 +81,72 @@ def test_arms_are_the_overlay_files_with_the_stage_of_their_base():
     assert top1["keys"] == {"lora_r": 16, "lora_alpha": 32, "llm_top_k_blocks": 1}
     for a, b, _ in abl.COMPARISONS.values():
         assert a in abl.ARMS and b in abl.ARMS
+    for trainer in ("dpo", "grpo"):  # stage 4 continues from the baseline's stage 2 of the same seed
+        arm = abl.ARMS[f"s4_{trainer}"]
+        assert (arm["stage"], arm["trainer"], arm["base"]) == (4, trainer, f"recipes/smoke/stage4_{trainer}.yaml")
+        assert arm["init"] == abl.INIT_ARMS[4] == "s2_lora_r16_top1" and arm["keys"]["lora_r"] == 16
+        assert abl.COMPARISONS[f"stage4_{trainer}"][:2] == ("s2_lora_r16_top1", f"s4_{trainer}")
+        assert f"s4_{trainer}" not in abl.DEFAULT_ARMS  # opt-in: --only stage4_dpo stage4_grpo
+
+
+def test_stage4_arms_need_the_stage2_arm_they_continue_from(tmp_path, monkeypatch):
+    import ablation_arms
+
+    monkeypatch.setattr(ablation_arms, "ROOT", str(tmp_path))
+    folder = tmp_path / "recipes" / "ablations"
+    folder.mkdir(parents=True)
+    header = "#   accelerate launch run_sft.py recipes/smoke/stage{} recipes/ablations/{}.yaml\n"
+    (folder / "s4_x.yaml").write_text(header.format("4_grpo.yaml", "s4_x") + "lora_r: 4\n")
+    with pytest.raises(ValueError, match="Stage-4 arms continue from 's2_lora_r16_top1', which is not a stage-2 arm"):
+        ablation_arms.discover_arms(str(folder))
+    (folder / "s2_lora_r16_top1.yaml").write_text(header.format("2.yaml", "s2_lora_r16_top1"))
+    (folder / "s1_mlp.yaml").write_text(header.format("1.yaml", "s1_mlp"))
+    arms = ablation_arms.discover_arms(str(folder))
+    assert arms["s4_x"] | {"keys": None} == {
+        "stage": 4,
+        "base": "recipes/smoke/stage4_grpo.yaml",
+        "overlay": "recipes/ablations/s4_x.yaml",
+        "keys": None,
+        "init": "s2_lora_r16_top1",
+        "trainer": "grpo",
+    }
+
+
+def stage4_stats(**changes) -> dict:
+    """Comparison numbers that pass every check; changes: metric=(mean, diff, ci95)."""
+    stats = {
+        "hallucination_rate": (0.0, 0.0, [0.0, 0.0]),
+        "contrastive_hallucination_rate": (0.02, 0.0, [0.0, 0.0]),
+        "exact_match": (0.2, -0.01, [-0.02, 0.0]),
+        "phi@1": (0.2, 0.0, [-0.01, 0.01]),
+        "answerable_abstain_rate": (0.8, -0.04, [-0.06, -0.02]),
+        "model_answerable_abstain_rate": (0.2, -0.05, [-0.07, -0.03]),
+        "model_abstain_f1": (0.8, 0.02, [0.01, 0.03]),
+    }
+    stats.update(changes)
+    return {k: {"mean": m, "diff": d, "ci95": ci} for k, (m, d, ci) in stats.items()}
+
+
+def test_abstention_checks_are_the_issues_thresholds():
+    checks = abl.abstention_checks(stage4_stats())
+    assert checks["do_no_harm"] and checks["gain"] and checks["gain_model_answerable_abstain_rate_-0.05"]
+    assert not checks["gain_answerable_abstain_rate_-0.05"] and not checks["gain_model_abstain_f1_+0.03"]
+    harms = {
+        "hallucination_rate_at_most_0.02": {"hallucination_rate": (0.021, 0.021, [0.0, 0.04])},
+        "contrastive_hallucination_not_higher": {"contrastive_hallucination_rate": (0.03, 0.011, [0.0, 0.02])},
+        "exact_match_down_at_most_0.01": {"exact_match": (0.19, -0.0101, [-0.02, 0.0])},
+        "phi@1_not_lower": {"phi@1": (0.19, -0.001, [-0.002, 0.0])},
+    }
+    for check, change in harms.items():
+        checks = abl.abstention_checks(stage4_stats(**change))
+        assert not checks[check] and not checks["do_no_harm"] and checks["gain"], check
+    # a gain by the margin but with the interval touching 0 is no gain; the F1 line counts on its own
+    checks = abl.abstention_checks(stage4_stats(model_answerable_abstain_rate=(0.2, -0.06, [-0.12, 0.0])))
+    assert not checks["gain"]
+    checks = abl.abstention_checks(
+        stage4_stats(model_answerable_abstain_rate=(0.2, 0.0, None), model_abstain_f1=(0.8, 0.03, [0.01, 0.05]))
+    )
+    assert checks["gain"] and checks["gain_model_abstain_f1_+0.03"]
 
 
 def test_an_overlay_without_its_header_line_is_refused(tmp_path):
@@ -176,3 +242,47 @@ def test_quick_run_writes_a_valid_ablations_json(quick_run):
     assert (out / "ablations_bars.png").stat().st_size > 1000
     assert (out / "ablations_losses.png").stat().st_size > 1000
     assert (out / "runs" / "s2_lora_r16_top1-seed0" / "merged" / "config.json").exists()  # stage 2 from stage 1
+
+
+# After the baseline's test, which reads ablations.json as the baseline alone wrote it.
+@pytest.fixture(scope="module")
+def quick_stage4(quick_run):
+    """The stage-4 arms added to the same folder: the baseline's runs are reused, not retrained."""
+    _, out = quick_run
+    before = (out / "runs" / "s2_lora_r16_top1-seed0" / "record.json").stat().st_mtime_ns
+    rc = abl.main(["--out", str(out), "--quick", "--only", "stage4_dpo", "stage4_grpo"])
+    return rc, out, before
+
+
+@pytest.mark.slow
+def test_quick_stage4_arms_pair_with_their_seeds_stage2(quick_stage4):
+    rc, out, before = quick_stage4
+    assert rc == 0, (out / "ablations.json").read_text()[-2000:]
+    results = json.loads((out / "ablations.json").read_text())
+    assert set(results["arms"]) == {"s1_mlp", "s2_lora_r16_top1", "s4_dpo", "s4_grpo"}
+    runs = out / "runs"
+    for trainer in ("dpo", "grpo"):
+        with open(runs / f"s4_{trainer}-seed0" / "recipe.yaml") as f:
+            resolved = yaml.safe_load(f)
+        assert resolved["trainer"] == trainer and resolved["init_from"] == str(
+            runs / "s2_lora_r16_top1-seed0" / "merged"
+        )
+        rows = [c for c in results["comparisons"] if c["name"] == f"stage4_{trainer}"]
+        assert [c["metric"] for c in rows] == list(abl.METRICS + abl.STAGE4_METRICS)
+        assert all(c["a"] == "s2_lora_r16_top1" and c["b"] == f"s4_{trainer}" and c["seeds"] == [0] for c in rows)
+        assert set(results["stage4_checks"][f"stage4_{trainer}"]) >= {"do_no_harm", "gain"}
+    # DPO trained on this seed's pairs, made from stage 2's answers on (part of) the train split
+    assert yaml.safe_load((runs / "s4_dpo-seed0" / "preferences.yaml").read_text()) == {
+        "datasets": [{"path": str(runs / "s4_dpo-seed0" / "preferences"), "split": "train"}]
+    }
+    manifest = json.loads((runs / "s4_dpo-seed0" / "preferences" / "manifest.json").read_text())
+    assert manifest["anchor"] == "other_image" and manifest["split"] == "train"
+    predictions = (runs / "s2_lora_r16_top1-seed0" / "eval-train" / "predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == abl.QUICK["train_eval_max_samples"]
+    # stage 2 is scored on the contrastive set once, its record extended in place, its training not rerun
+    s2 = json.loads((runs / "s2_lora_r16_top1-seed0" / "record.json").read_text())
+    contrastive = json.loads((runs / "s2_lora_r16_top1-seed0" / "eval-contrastive" / "eval_results.json").read_text())
+    assert s2["contrastive_hallucination_rate"] == contrastive["metrics"]["hallucination_rate"]
+    assert contrastive["dataset_name"] == "synthetic_contrastive"
+    assert (runs / "s2_lora_r16_top1-seed0" / "log.txt").read_text().count("run_sft.py") == 1
+    assert (out / "ablations_losses.png").stat().st_size > 1000
