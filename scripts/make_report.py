@@ -207,7 +207,9 @@ def main(argv=None) -> int:
     parser.add_argument("--image_splitting", default="docs/ablations_highres/ablations.json")
     parser.add_argument("--bench", default="bench/results")
     parser.add_argument("--smoke", default="outputs/offline/summary.json")
-    parser.add_argument("--stage4", default="docs/stage4/stage4_summary.json", help="scripts/stage4.sh's")
+    parser.add_argument(
+        "--stage4", default="docs/stage4/ablations.json", help="scripts/ablations.py --only stage4_dpo stage4_grpo"
+    )
     parser.add_argument("--plots", default="docs/ablations", help="folder of the ablation PNGs, relative to the repo")
     parser.add_argument("--out", default="REPORT.md")
     args = parser.parse_args(argv)

@@ -4,17 +4,16 @@ with a 95% bootstrap interval over seeds, and the issue's checks, into OUT/stage
 
     python scripts/stage4_summary.py --out outputs/offline --seeds 0 1 2
 
-Checks, per stage-4 model, on the seed means: hallucination rate <= 0.02, and not higher than stage 2's on the
-contrastive split; exact match on answerable rows down by at most 0.01; phi@1 not lower; and a gain: the model's own
-over-abstention down by >= 0.05, or its own abstain F1 up by >= 0.03 with the interval excluding 0. Every stage-4 seed
-starts from the same stage-2 model (the smoke run's), so stage 2 is one value paired with each seed.
+Checks, per stage-4 model, on the seed means: the ablation's (ablation_stats.abstention_checks). Every stage-4 seed
+here starts from the same stage-2 model (the smoke run's), so stage 2 is one value paired with each seed; the paired
+comparison with stage 2 retrained per seed is the ablation's `--only stage4_dpo stage4_grpo`.
 """
 
 import argparse
 import json
 import os
 
-from ablation_stats import paired_bootstrap_ci  # scripts/ sibling: the ablations' paired bootstrap
+from ablation_stats import abstention_checks, paired_bootstrap_ci  # scripts/ siblings: the ablation's statistics
 
 FIELDS = (
     "exact_match",
@@ -64,17 +63,10 @@ def with_differences(model: dict, base: dict) -> dict:
     return model
 
 
-def checks(model: dict, base: dict) -> dict:
-    test, contrastive = model["test"], model["contrastive"]
-    f1 = test["model_abstain_f1"]
-    return {
-        "hallucination_rate_at_most_0.02": test["hallucination_rate"]["mean"] <= 0.02,
-        "contrastive_hallucination_not_higher": contrastive["hallucination_rate"]["diff"] <= 0,
-        "exact_match_down_at_most_0.01": test["exact_match"]["diff"] >= -0.01,
-        "phi@1_not_lower": test["phi@1"]["diff"] >= 0,
-        "over_abstention_down_0.05_or_f1_up_0.03": test["model_answerable_abstain_rate"]["diff"] <= -0.05
-        or (f1["diff"] >= 0.03 and f1["ci95"] is not None and f1["ci95"][0] > 0),
-    }
+def checks(model: dict) -> dict:
+    """The issue's checks on one stage-4 model's results (with_differences applied)."""
+    stats = {f: model["test"][f] for f in FIELDS} | {f"contrastive_{f}": model["contrastive"][f] for f in FIELDS}
+    return abstention_checks(stats)
 
 
 def main() -> None:
@@ -88,7 +80,7 @@ def main() -> None:
     }
     models = {kind: with_differences(results, base) for kind, results in models.items()}
     summary = {"seeds": args.seeds, "metrics": {"stage2": base, **models}}
-    summary["checks"] = {kind: checks(results, base) for kind, results in models.items()}
+    summary["checks"] = {kind: checks(results) for kind, results in models.items()}
     with open(os.path.join(args.out, "stage4_summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(f"{'model / split':24}" + "".join(f"{field[:14]:>15}" for field in FIELDS))

@@ -182,34 +182,49 @@ def test_image_splitting_section_reads_its_own_ablation():
     assert "not measured" in report_sections.image_splitting_section(None)
 
 
-def test_stage4_section_reads_the_summary():
+def test_stage4_section_reads_the_stage4_ablation():
+    import ablation_stats
     import report_stage4
+    from ablation_arms import METRICS, STAGE4_METRICS
 
-    def model(**changes):
-        values = dict(
-            exact_match=0.2, hallucination_rate=0.0, answerable_abstain_rate=0.8, model_hallucination_rate=0.03
-        )
-        values |= {"phi@1": -0.1, "model_answerable_abstain_rate": 0.25, "model_abstain_f1": 0.74, **changes}
-        return {k: {"seeds": {0: v, 1: v}, "mean": v, "diff": 0.0, "ci95": [0.0, 0.0]} for k, v in values.items()}
+    def seeds(**changes) -> dict:  # two seeds; a change is (seed 0, seed 1)
+        values = {metric: (0.5, 0.5) for metric in (*METRICS, *STAGE4_METRICS)}
+        values |= {"hallucination_rate": (0.0, 0.0), "contrastive_hallucination_rate": (0.02, 0.04), **changes}
+        return {s: {metric: v[s] for metric, v in values.items()} for s in (0, 1)}
 
-    dpo = model(model_answerable_abstain_rate=0.125)
-    dpo["model_answerable_abstain_rate"].update(diff=-0.125, ci95=[-0.25, -0.0625])
-    grpo_contrastive = model(hallucination_rate=0.375)
-    summary = {
-        "seeds": [0, 1],
-        "metrics": {
-            "stage2": {"test": model(), "contrastive": model()},
-            "dpo": {"test": dpo, "contrastive": model()},
-            "grpo": {"test": model(), "contrastive": grpo_contrastive},
-        },
-        "checks": {"dpo": {"phi@1_not_lower": True}, "grpo": {"phi@1_not_lower": False}},
+    stage2 = seeds(model_answerable_abstain_rate=(0.25, 0.35), contrastive_model_answerable_abstain_rate=(0.9, 1.0))
+    arms = {
+        "s2_lora_r16_top1": stage2,
+        "s4_dpo": seeds(
+            model_answerable_abstain_rate=(0.125, 0.225), contrastive_model_answerable_abstain_rate=(0.9, 1.0)
+        ),
+        "s4_grpo": seeds(contrastive_hallucination_rate=(0.5, 0.5), **{"phi@1": (0.4, 0.4)}),
     }
-    text = report_stage4.stage4_section(summary)
-    assert row(text, "test: over-abstention (model's own)").endswith(
-        "| 0.25 | 0.125 (-0.125, [-0.25, -0.0625]) | 0.25 (+0.000, [0, 0]) |"
+    arms = {name: ablation_stats.summarize_arm(name, per_seed, {}) for name, per_seed in arms.items()}
+    comparisons = ablation_stats.build_comparisons(arms)
+    results = {
+        "config": {"git_commit": "abc", "started": "t0", "finished": "t1", "budget": {"stage2_epochs": 4}},
+        "arms": arms,
+        "comparisons": comparisons,
+        "stage4_checks": ablation_stats.stage4_checks(comparisons),
+    }
+    text = report_stage4.stage4_section(results)
+    # DPO lowers the model's own over-abstention by 0.125 on both seeds: the paired interval is exactly that
+    assert row(text, "test: over-abstention (model's own)") == (
+        "| test: over-abstention (model's own) | 0.3 | 0.175 (-0.125, [-0.125, -0.125]) | 0.5 (+0.200, [0.15, 0.25]) |"
     )
     assert row(text, "contrastive: hallucination (thresholded)").endswith(
-        "| 0 | 0 (+0.000, [0, 0]) | 0.375 (+0.000, [0, 0]) |"
+        "| 0.03 (+0.000, [0, 0]) | 0.5 (+0.470, [0.46, 0.48]) |"
+    )
+    assert row(text, "do no harm") == "| do no harm | pass | FAIL |"
+    assert (
+        row(text, "contrastive hallucination not higher") == "| contrastive hallucination not higher | pass | FAIL |"
     )
     assert row(text, "phi@1 not lower") == "| phi@1 not lower | pass | FAIL |"
-    assert "seeds [0, 1]" in text
+    assert (
+        row(text, "gain model answerable abstain rate -0.05")
+        == "| gain model answerable abstain rate -0.05 | pass | FAIL |"
+    )
+    assert row(text, "gain", "pass") == "| gain | pass | FAIL |"
+    assert "seeds [0, 1]" in text and "95% of the answerable contrastive questions against 30%" in text
+    assert "not measured" in report_stage4.stage4_section(None)
