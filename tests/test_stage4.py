@@ -4,6 +4,7 @@ with manifests, provenance, merged folder), with the recipe mistakes refused at 
 
 import json
 import math
+import shutil
 from collections import Counter
 
 import pytest
@@ -191,3 +192,30 @@ def test_dpo_on_rows_that_are_not_preference_pairs_stops_before_the_model(stage2
     report = json.loads((tmp_path / "dpo" / "data_check.json").read_text())["splits"][0]
     assert report["dropped"] == {"bad_messages": 8}
     assert "not a preference row" in report["rows_dropped"][0]["detail"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["dpo", "grpo"])
+def test_stage4_resumes_to_the_same_run(kind, stage2_model, preferences, synthetic_set, tmp_path):
+    """3 steps straight through vs stopped after the save of step 2 and resumed (`resume_from_checkpoint: true`): the
+    same step-3 log (GRPO's sampled completions included: the RNG state comes back) and the same merged weights."""
+    data = preferences["dir"] if kind == "dpo" else synthetic_set
+    runs = {}
+    for name in ("straight", "resumed"):
+        (tmp_path / name).mkdir()
+        runs[name] = stage4_recipe(tmp_path / name, stage2_model, data, kind, max_steps=3, save_total_limit=None)
+    recipes.run([runs["straight"]])
+    straight, resumed = tmp_path / "straight" / kind, tmp_path / "resumed" / kind
+    resumed.mkdir()
+    shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")  # what a run stopped after step 2 leaves
+    summary = recipes.run([runs["resumed"], "--resume_from_checkpoint", "true"])
+    assert summary["resumed_from"] == str(resumed / "checkpoint-2") and summary["global_step"] == 3
+
+    def step3(folder):
+        history = json.loads((folder / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
+        (entry,) = [e for e in history if e.get("step") == 3 and "loss" in e]
+        return {k: v for k, v in entry.items() if "time" not in k and "per_second" not in k}
+
+    assert step3(resumed) == step3(straight)
+    before, after = (load_file(str(f / "merged" / "model.safetensors")) for f in (straight, resumed))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
