@@ -4,6 +4,7 @@ the same seeds as every other arm; the budget (epochs, steps, seeds, output) sta
 
     python scripts/ablations.py --out outputs/ablations [--only ARM_OR_COMPARISON ...] [--seeds 0 1 2] [--quick]
     python scripts/ablations.py --out outputs/ablations_highres --only image_splitting   # its own data set
+    python scripts/ablations.py --out outputs/ablations_stage4 --only stage4_dpo stage4_grpo   # stage 4 on stage 2
     python scripts/ablations.py --out docs/ablations --recompute-stats   # statistics again, no training
 
 Writes OUT/ablations.json, OUT/ablations_bars.png, OUT/ablations_losses.png; every run lives in OUT/runs/ARM-seedS
@@ -19,6 +20,7 @@ ablations.json:
                 errors}}
   comparisons: [{name, question, a, b, metric, test, seeds (the pairs), n_a, n_b, mean_a, mean_b, std_a, std_b,
                  diff (= mean_b - mean_a), std_diff, p_value (paired t), ci95 (paired bootstrap), verdict}]
+  stage4_checks: {comparison: {check: bool}} for the comparisons against a stage-4 arm (ablation_stats.GAINS)
 """
 
 import argparse
