@@ -57,26 +57,40 @@ METRICS = (
     "last_loss",
     "train_samples_per_second",
 )
-# Compared as well where the second arm is a stage-4 one: the issue's do-no-harm and gain checks read these (over-
-# abstention = abstaining on answerable rows; contrastive_*: on the contrastive split, where the wording alone cannot
-# tell an unanswerable question).
-STAGE4_METRICS = (
+# run_eval's abstention metrics (over-abstention = abstaining on answerable rows; model_*: the model's own answers,
+# no threshold). Every record keeps them (+ auc); the runs in a stage-4 comparison keep the contrastive set's as well,
+# as contrastive_<name>: there the wording alone cannot tell an unanswerable question.
+ABSTENTION_FIELDS = (
+    "exact_match",
     "phi@1",
+    "hallucination_rate",
     "answerable_abstain_rate",
-    "model_answerable_abstain_rate",
+    "abstain_f1",
     "model_hallucination_rate",
+    "model_answerable_abstain_rate",
+    "model_abstain_f1",
+)
+EVAL_FIELDS = (*ABSTENTION_FIELDS, "auc")
+# What a comparison against a stage-4 arm compares (its loss is another trainer's: not comparable with SFT's)
+STAGE4_METRICS = (
+    *ABSTENTION_FIELDS,
     "contrastive_hallucination_rate",
     "contrastive_model_hallucination_rate",
     "contrastive_model_answerable_abstain_rate",
 )
-SUMMARY_FIELDS = (
-    *METRICS,
-    *STAGE4_METRICS,
-    "auc",
-    "first_loss",
-    "eval_samples_per_second",
-    "num_image_tokens",
-    "seconds",
+SUMMARY_FIELDS = tuple(
+    dict.fromkeys(
+        (
+            *METRICS,
+            *STAGE4_METRICS,
+            *(f"contrastive_{f}" for f in ABSTENTION_FIELDS),
+            "auc",
+            "first_loss",
+            "eval_samples_per_second",
+            "num_image_tokens",
+            "seconds",
+        )
+    )
 )
 
 
@@ -110,8 +124,8 @@ def discover_arms(folder: str = ARMS_DIR) -> dict:
 
 
 def compared_metrics(arm_b: str) -> tuple:
-    """The metrics of a comparison whose second arm is arm_b: stage-4 arms add the abstention checks' inputs."""
-    return METRICS + STAGE4_METRICS if ARMS[arm_b]["stage"] == 4 else METRICS
+    """The metrics of a comparison whose second arm is arm_b: against a stage-4 arm, the abstention checks' inputs."""
+    return STAGE4_METRICS if ARMS[arm_b]["stage"] == 4 else METRICS
 
 
 ARMS = discover_arms()

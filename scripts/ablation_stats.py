@@ -121,9 +121,11 @@ def build_comparisons(arms: dict) -> list[dict]:
 
 
 # The issue's done-when for stage 4, against stage 2 on the test split (threshold refitted on validation) and the
-# contrastive split: do no harm, and gain on at least one of the over-abstention / abstain-F1 lines, by the margin
-# and with the paired 95% interval on the right side of 0.
-GAINS = {"answerable_abstain_rate": -0.05, "model_answerable_abstain_rate": -0.05, "model_abstain_f1": 0.03}
+# contrastive split: do no harm, and a gain on over-abstention (run_eval's answerable_abstain_rate) or on the model's
+# own abstain F1, by the margin and with the paired 95% interval clear of 0. EPS: differences are float means
+# (0.25 - 0.3 is -0.04999999999999999), so "by 0.05" and "not lower" allow float noise.
+GAINS = {"answerable_abstain_rate": -0.05, "model_abstain_f1": 0.03}
+EPS = 1e-9
 
 
 def abstention_checks(stats: dict) -> dict:
@@ -132,15 +134,15 @@ def abstention_checks(stats: dict) -> dict:
 
     def gained(metric: str, margin: float) -> bool:
         diff, ci = stats[metric]["diff"], stats[metric]["ci95"]
-        if margin < 0:
-            return diff <= margin and ci is not None and ci[1] < 0
-        return diff >= margin and ci is not None and ci[0] > 0
+        if ci is None:
+            return False
+        return diff <= margin + EPS and ci[1] < 0 if margin < 0 else diff >= margin - EPS and ci[0] > 0
 
     checks = {
-        "hallucination_rate_at_most_0.02": stats["hallucination_rate"]["mean"] <= 0.02,
-        "contrastive_hallucination_not_higher": stats["contrastive_hallucination_rate"]["diff"] <= 0,
-        "exact_match_down_at_most_0.01": stats["exact_match"]["diff"] >= -0.01,
-        "phi@1_not_lower": stats["phi@1"]["diff"] >= 0,
+        "hallucination_rate_at_most_0.02": stats["hallucination_rate"]["mean"] <= 0.02 + EPS,
+        "contrastive_hallucination_not_higher": stats["contrastive_hallucination_rate"]["diff"] <= EPS,
+        "exact_match_down_at_most_0.01": stats["exact_match"]["diff"] >= -0.01 - EPS,
+        "phi@1_not_lower": stats["phi@1"]["diff"] >= -EPS,
     }
     checks["do_no_harm"] = all(checks.values())
     checks |= {f"gain_{metric}_{margin:+g}": gained(metric, margin) for metric, margin in GAINS.items()}
@@ -175,7 +177,7 @@ def report_comparisons(results: dict) -> None:
 
 def plot(results: dict, out: str) -> None:
     """ablations_bars.png: per comparison, exact match and abstention F1 (mean +- std over seeds) of both arms;
-    ablations_losses.png: mean training-loss curve per arm, stage 1 and stage 2 panels."""
+    ablations_losses.png: mean training-loss curve per arm, a panel per stage (stage 4: per trainer)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,15 +207,21 @@ def plot(results: dict, out: str) -> None:
     fig.tight_layout()
     fig.savefig(os.path.join(out, "ablations_bars.png"), dpi=100)
     plt.close(fig)
-    stages = sorted({1, 2} | {arm["stage"] for arm in arms.values()})
-    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.6))
+    panel = lambda arm: (arm["stage"], arm.get("trainer", "sft"))  # noqa: E731  DPO and GRPO losses differ in kind
+    panels = sorted({(1, "sft"), (2, "sft")} | {panel(arm) for arm in arms.values()})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
     for name, arm in arms.items():
         curves = [dict(map(tuple, r["losses"])) for r in arm["seeds"].values() if r.get("losses")]
         steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
         if steps:
             mean = [np.mean([c[s] for c in curves]) for s in steps]
-            axes[stages.index(arm["stage"])].plot(steps, mean, label=f"{name} (n={len(curves)})")
-    titles = [f"stage {s} arms" + (f" (continue from {INIT_ARMS[s]})" if s in INIT_ARMS else "") for s in stages]
+            axes[panels.index(panel(arm))].plot(steps, mean, label=f"{name} (n={len(curves)})")
+    titles = [
+        f"stage {s} arms"
+        + (f", {t} loss" if t != "sft" else "")
+        + (f" (from {INIT_ARMS[s]})" if s in INIT_ARMS else "")
+        for s, t in panels
+    ]
     for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")

@@ -25,6 +25,7 @@ ablations.json:
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -37,9 +38,11 @@ import yaml
 # Run as `python scripts/ablations.py` (the project installed, as scripts/setup_env.sh does): the sibling ablation_*
 # modules import by name. The script's public names (statistics, arm discovery) stay importable from it.
 from ablation_arms import (  # noqa: F401
+    ABSTENTION_FIELDS,
     ARMS,
     COMPARISONS,
     DEFAULT_ARMS,
+    EVAL_FIELDS,
     INIT_ARM,
     INIT_ARMS,
     METRICS,
@@ -48,6 +51,7 @@ from ablation_arms import (  # noqa: F401
     select_arms,
 )
 from ablation_stats import (  # noqa: F401
+    GAINS,
     STATISTICS,
     abstention_checks,
     build_comparisons,
@@ -95,6 +99,7 @@ QUICK = {
 }
 MACHINE_NOTE = "the cores may be shared with other jobs, so seconds and samples/s are noisy"
 HIGHRES_N, HIGHRES_N_QUICK = 1000, 200  # rows of the high-resolution set (image_splitting arms)
+CONTRASTIVE = "data/contrastive"  # relative to OUT, as in scripts/stage4.sh
 ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DISABLE_MLFLOW_INTEGRATION": "TRUE"}
 
 
@@ -150,9 +155,6 @@ def prepare_inputs(out: str, budget: dict, backbones: str | None, data: str | No
     return load_fingerprint(out, needed[0])
 
 
-CONTRASTIVE = "data/contrastive"  # relative to OUT, as in scripts/stage4.sh
-
-
 def filled(out: str, rel: str) -> str:
     return os.path.join(out, rel)  # OUT/recipes/smoke/stage1.yaml, OUT/recipes/ablations/s1_mlp.yaml
 
@@ -160,6 +162,15 @@ def filled(out: str, rel: str) -> str:
 def load_fingerprint(out: str, rel: str = "data/synthetic") -> str:
     with open(os.path.join(out, rel, "manifest.json")) as f:
         return json.load(f)["fingerprint"]
+
+
+def run_path(name: str, seed: int, out: str) -> str:
+    return os.path.join(out, "runs", f"{name}-seed{seed}")
+
+
+def model_path(name: str, seed: int, out: str) -> str:
+    """The run's whole model: stage 1 saves it in the run folder, LoRA stages (2, 4) merge it into merged/."""
+    return run_path(name, seed, out) if ARMS[name]["stage"] == 1 else os.path.join(run_path(name, seed, out), "merged")
 
 
 def train_flags(arm: dict, seed: int, budget: dict, out: str) -> list[str]:
@@ -176,70 +187,95 @@ def train_flags(arm: dict, seed: int, budget: dict, out: str) -> list[str]:
         flags["num_train_epochs"] = epochs  # an arm's own epochs: its equal-compute share
     if budget["max_steps"]:
         flags.update(max_steps=budget["max_steps"], logging_steps=1)
-    if arm["stage"] in INIT_ARMS:  # stage 1 saves the whole model in its run folder, stage 2 a merged/ one
-        init_dir = os.path.join(out, "runs", f"{arm['init']}-seed{seed}")
-        flags["init_from"] = os.path.join(init_dir, "merged") if arm["stage"] == 4 else init_dir
+    if arm["stage"] in INIT_ARMS:
+        flags["init_from"] = model_path(arm["init"], seed, out)
     return [x for k, v in flags.items() for x in (f"--{k}", str(v))]
 
 
-def is_current(record: dict, arm: dict, budget: dict) -> bool:
-    """A run on disk counts when it ran this budget with the arm's overlay as it reads now."""
-    return (
-        record.get("budget") == budget
-        and record.get("overlay") == arm["overlay"]
-        and record.get("keys") == arm["keys"]
-    )
+def provenance(arm: dict, seed: int, out: str) -> dict:
+    """What a run is made of besides the budget: its recipe files as they read now and the run it continued from
+    (its train_results.json), by sha256; a changed base recipe or a retrained init makes the record stale."""
+    digest = hashlib.sha256()
+    for rel in (arm["base"], arm["overlay"]):
+        with open(os.path.join(ROOT, rel), "rb") as f:
+            digest.update(f.read())
+    init = None
+    if arm["stage"] in INIT_ARMS:
+        with open(os.path.join(run_path(arm["init"], seed, out), "train_results.json"), "rb") as f:
+            init = hashlib.sha256(f.read()).hexdigest()
+    return {"recipes_sha256": digest.hexdigest(), "init_sha256": init}
+
+
+def is_current(record: dict, arm: dict, budget: dict, seed: int, out: str) -> bool:
+    """A run on disk counts when it ran this budget with the arm's recipes as they read now, from its init's run."""
+    if record.get("budget") != budget or record.get("overlay") != arm["overlay"] or record.get("keys") != arm["keys"]:
+        return False
+    try:
+        return {k: record.get(k) for k in ("recipes_sha256", "init_sha256")} == provenance(arm, seed, out)
+    except FileNotFoundError:  # its init's run is gone
+        return False
 
 
 def run_arm_seed(name: str, seed: int, budget: dict, out: str) -> dict:
-    """Train + evaluate one arm for one seed (its init arm's run first when needed); cached by (arm, seed, budget)."""
-    arm, run_dir = ARMS[name], os.path.join(out, "runs", f"{name}-seed{seed}")
+    """Train + evaluate one arm for one seed (its init arm's run first); cached by (arm, seed, budget, recipes, init).
+    Stage-4 runs and their stage 2 are scored on the contrastive set too (retried on the next call if that failed)."""
+    arm, run_dir = ARMS[name], run_path(name, seed, out)
+    if arm["stage"] in INIT_ARMS:
+        run_arm_seed(arm["init"], seed, budget, out)
     record_path = os.path.join(run_dir, "record.json")
+    record = None
     if os.path.exists(record_path):
         with open(record_path) as f:
             record = json.load(f)
-        if is_current(record, arm, budget):
-            return record
-    if arm["stage"] in INIT_ARMS:
-        run_arm_seed(arm["init"], seed, budget, out)
+        if not is_current(record, arm, budget, seed, out):
+            record = None
+    if record is None:
+        record = train_and_evaluate(name, seed, budget, out)
+    if arm["stage"] == 4:  # paired with this seed's stage 2 on the contrastive set
+        add_contrastive(arm["init"], seed, budget, out)
+        record = add_contrastive(name, seed, budget, out)
+    return record
+
+
+def train_and_evaluate(name: str, seed: int, budget: dict, out: str) -> dict:
+    arm, run_dir = ARMS[name], run_path(name, seed, out)
     shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(run_dir)
     log = os.path.join(run_dir, "log.txt")
     files = [filled(out, arm["base"]), filled(out, arm["overlay"])]
-    extra = {}
-    if arm["stage"] == 4:  # stage 2's scores on the contrastive set, to pair with this arm's
-        extra["init_contrastive"] = add_contrastive(arm["init"], seed, budget, out)
+    pairs = None
     if arm.get("trainer") == "dpo":  # this seed's pairs, from this seed's stage 2, as one more overlay
-        files.append(preferences_overlay(arm, seed, budget, out, run_dir, log))
+        pairs = make_pairs(arm, seed, budget, out, run_dir)
+        files.append(os.path.join(run_dir, "preferences.yaml"))
     train_s = run_logged(
         [sys.executable, "run_sft.py", *files, "--output_dir", run_dir, *train_flags(arm, seed, budget, out)], log
     )
-    model_dir = os.path.join(run_dir, "merged") if arm["stage"] > 1 else run_dir
     eval_dir = os.path.join(run_dir, "eval")
-    eval_s = run_logged(eval_command(model_dir, os.path.join(out, arm_data(arm)), "test", eval_dir, budget), log)
+    model = model_path(name, seed, out)
+    data = os.path.join(out, arm_data(arm))
+    eval_s = run_logged(eval_command(model, data, "test", eval_dir, budget, budget["eval_max_samples"]), log)
     record = {
         "budget": budget,
         "overlay": arm["overlay"],
         "keys": arm["keys"],
         "seed": seed,
-        **read_run(run_dir, eval_dir, model_dir),
+        **provenance(arm, seed, out),
+        **read_run(run_dir, eval_dir, model),
+        **({"preference_pairs": pairs} if pairs else {}),
         "train_seconds": train_s,
         "eval_seconds": eval_s,
         "seconds": train_s + eval_s,
     }
-    with open(record_path, "w") as f:
+    with open(os.path.join(run_dir, "record.json"), "w") as f:
         json.dump(record, f, indent=2)
-    if arm["stage"] == 4:
-        record = add_contrastive(name, seed, budget, out)
     return record
 
 
-def eval_command(model_dir: str, data: str, split: str, eval_dir: str, budget: dict, max_samples=None) -> list[str]:
+def eval_command(model: str, data: str, split: str, eval_dir: str, budget: dict, max_samples: int | None) -> list:
     """run_eval on a split; the test split's threshold refitted on validation, the train split's answers raw."""
-    cmd = [sys.executable, "run_eval.py", "--model", model_dir, "--dataset", data, "--split", split]
+    cmd = [sys.executable, "run_eval.py", "--model", model, "--dataset", data, "--split", split]
     cmd += ["--threshold", "0"] if split == "train" else ["--threshold_split", "validation"]
     cmd += ["--output_dir", eval_dir, "--batch_size", str(budget["eval_batch_size"]), "--gallery_size", "8"]
-    max_samples = max_samples or budget["eval_max_samples"]
     if max_samples:
         cmd += ["--max_samples", str(max_samples)]
     if budget.get("eval_max_new_tokens"):
@@ -249,59 +285,47 @@ def eval_command(model_dir: str, data: str, split: str, eval_dir: str, budget: d
 
 def add_contrastive(name: str, seed: int, budget: dict, out: str) -> dict:
     """The run's scores on the contrastive set (once), as contrastive_<metric> in its record.json; returns it."""
-    run_dir = os.path.join(out, "runs", f"{name}-seed{seed}")
+    run_dir = run_path(name, seed, out)
     record_path = os.path.join(run_dir, "record.json")
     with open(record_path) as f:
         record = json.load(f)
     if "contrastive_hallucination_rate" not in record:
         eval_dir = os.path.join(run_dir, "eval-contrastive")
-        model_dir = os.path.join(run_dir, "merged")
+        data = os.path.join(out, CONTRASTIVE)
         seconds = run_logged(
-            eval_command(model_dir, os.path.join(out, CONTRASTIVE), "test", eval_dir, budget),
+            eval_command(model_path(name, seed, out), data, "test", eval_dir, budget, budget["eval_max_samples"]),
             os.path.join(run_dir, "log.txt"),
         )
         with open(os.path.join(eval_dir, "eval_results.json")) as f:
             metrics = json.load(f)["metrics"]
-        record |= {f"contrastive_{k}": metrics.get(k) for k in EVAL_FIELDS}
+        record |= {f"contrastive_{k}": metrics.get(k) for k in ABSTENTION_FIELDS}
         record["seconds"] += seconds
         with open(record_path, "w") as f:
             json.dump(record, f, indent=2)
     return record
 
 
-def preferences_overlay(arm: dict, seed: int, budget: dict, out: str, run_dir: str, log: str) -> str:
-    """The init arm's greedy answers on the train split (kept in its run folder), this seed's preference pairs from
-    them (data_scripts.make_preferences) and an overlay file pointing the recipe's datasets at them."""
-    init_dir = os.path.join(out, "runs", f"{arm['init']}-seed{seed}")
+def make_pairs(arm: dict, seed: int, budget: dict, out: str, run_dir: str) -> dict:
+    """The init arm's greedy answers on the train split (kept, and logged, in its run folder), this seed's preference
+    pairs from them (data_scripts.make_preferences) and RUN/preferences.yaml pointing the recipe's datasets at them;
+    returns the pairs' counts per kind."""
+    init_dir = run_path(arm["init"], seed, out)
     data, train_eval = os.path.join(out, arm_data(arm)), os.path.join(init_dir, "eval-train")
-    if not os.path.exists(os.path.join(train_eval, "predictions.jsonl")):
-        model_dir = os.path.join(init_dir, "merged")
-        run_logged(eval_command(model_dir, data, "train", train_eval, budget, budget["train_eval_max_samples"]), log)
-    pairs = os.path.join(run_dir, "preferences")
     predictions = os.path.join(train_eval, "predictions.jsonl")
+    if not os.path.exists(predictions):
+        n = budget["train_eval_max_samples"]  # None: the whole train split
+        cmd = eval_command(model_path(arm["init"], seed, out), data, "train", train_eval, budget, n)
+        run_logged(cmd, os.path.join(init_dir, "log.txt"))
+    pairs = os.path.join(run_dir, "preferences")
     run_logged(
         [sys.executable, "-m", "data_scripts.make_preferences", "--dataset", data, "--predictions", predictions]
         + ["--split", "train", "--seed", str(seed), "--out", pairs],
-        log,
+        os.path.join(run_dir, "log.txt"),
     )
-    overlay = os.path.join(run_dir, "preferences.yaml")
-    with open(overlay, "w") as f:
+    with open(os.path.join(run_dir, "preferences.yaml"), "w") as f:
         yaml.safe_dump({"datasets": [{"path": pairs, "split": "train"}]}, f)
-    return overlay
-
-
-# run_eval's metrics every record keeps (contrastive_<name> too for stage 2 and 4 runs in a stage-4 comparison)
-EVAL_FIELDS = (
-    "exact_match",
-    "abstain_f1",
-    "model_abstain_f1",
-    "hallucination_rate",
-    "model_hallucination_rate",
-    "phi@1",
-    "answerable_abstain_rate",
-    "model_answerable_abstain_rate",
-    "auc",
-)
+    with open(os.path.join(pairs, "manifest.json")) as f:
+        return json.load(f)["pairs"]
 
 
 def read_run(run_dir: str, eval_dir: str, model_dir: str) -> dict:
@@ -339,7 +363,7 @@ def collect(out: str, budget: dict, seeds: list[int], errors: dict) -> dict:
             if os.path.exists(path):
                 with open(path) as f:
                     record = json.load(f)
-                if is_current(record, ARMS[name], budget):
+                if is_current(record, ARMS[name], budget, seed, out):
                     per_seed[seed] = record
         if per_seed or errors.get(name):
             arms[name] = summarize_arm(name, per_seed, errors.get(name, {}))

@@ -14,6 +14,7 @@ LABELS = {
     "model_hallucination_rate": "test: hallucination (model's own)",
     "model_answerable_abstain_rate": "test: over-abstention (model's own)",
     "model_abstain_f1": "test: abstain F1 (model's own)",
+    "abstain_f1": "test: abstain F1 (thresholded)",
     "contrastive_hallucination_rate": "contrastive: hallucination (thresholded)",
     "contrastive_model_hallucination_rate": "contrastive: hallucination (model's own)",
     "contrastive_model_answerable_abstain_rate": "contrastive: over-abstention (model's own)",
@@ -33,17 +34,18 @@ def stage4_section(results: dict | None) -> str:
     title = "## Stage 4: training the abstention"
     if not results or not results.get("stage4_checks"):
         return f"{title}\n\n{NOT_MEASURED} (run `python scripts/ablations.py --only stage4_dpo stage4_grpo`)."
-    cfg, arms = results["config"], results["arms"]
+    cfg = results["config"]
     by = {(c["name"], c["metric"]): c for c in results["comparisons"]}
     first = next(c for c in results["comparisons"] if c["name"] in METHODS)
+    stage2 = {metric: by[(first["name"], metric)]["mean_a"] for metric in LABELS}  # over the paired seeds
     rows = [
-        [label, fmt(arms[STAGE2]["mean"].get(metric)), *(cell(by.get((name, metric))) for name in METHODS)]
+        [label, fmt(stage2[metric]), *(cell(by.get((name, metric))) for name in METHODS)]
         for metric, label in LABELS.items()
     ]
     checks = results["stage4_checks"]
+    verdict = lambda m, name: NOT_MEASURED if m not in checks else ("pass" if checks[m][name] else "FAIL")  # noqa: E731
     check_rows = [
-        [name.replace("_", " "), *("pass" if checks.get(m, {}).get(name) else "FAIL" for m in METHODS)]
-        for name in next(iter(checks.values()))
+        [name.replace("_", " "), *(verdict(m, name) for m in METHODS)] for name in next(iter(checks.values()))
     ]
     return "\n\n".join(
         [
@@ -62,7 +64,7 @@ def stage4_section(results: dict | None) -> str:
             table(["metric", "stage 2", *METHODS.values()], rows),
             "The issue's checks on the seed means (a gain needs its margin and the paired interval clear of 0):",
             table(["check", *METHODS.values()], check_rows),
-            reading(arms[STAGE2]["mean"]),
+            reading(stage2),
         ]
     )
 
@@ -70,6 +72,8 @@ def stage4_section(results: dict | None) -> str:
 def reading(stage2: dict) -> str:
     """What the contrastive split shows about stage 2, in numbers read from the results."""
     test, contrastive = stage2["model_answerable_abstain_rate"], stage2["contrastive_model_answerable_abstain_rate"]
+    if test is None or contrastive is None:
+        return ""
     return (
         f"Stage 2 abstains on its own on {contrastive:.0%} of the answerable contrastive questions against {test:.0%} "
         "of the answerable test questions: asked what is usually absent from its template, it abstains whatever "

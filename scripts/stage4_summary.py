@@ -13,18 +13,10 @@ import argparse
 import json
 import os
 
-from ablation_stats import abstention_checks, paired_bootstrap_ci  # scripts/ siblings: the ablation's statistics
+from ablation_arms import ABSTENTION_FIELDS  # scripts/ siblings: the ablation's metrics and statistics
+from ablation_stats import abstention_checks, paired_bootstrap_ci
 
-FIELDS = (
-    "exact_match",
-    "phi@1",
-    "hallucination_rate",
-    "answerable_abstain_rate",
-    "abstain_f1",
-    "model_hallucination_rate",
-    "model_answerable_abstain_rate",
-    "model_abstain_f1",
-)
+FIELDS = ABSTENTION_FIELDS
 SPLITS = {"test": "", "contrastive": "-contrastive"}
 
 

@@ -6,6 +6,7 @@ valid ablations.json and its plots."""
 import json
 import math
 import os
+import shutil
 
 import ablations as abl  # scripts/ablations.py (scripts/ is on pytest's pythonpath)
 import pytest
@@ -113,14 +114,14 @@ def test_stage4_arms_need_the_stage2_arm_they_continue_from(tmp_path, monkeypatc
 
 
 def stage4_stats(**changes) -> dict:
-    """Comparison numbers that pass every check; changes: metric=(mean, diff, ci95)."""
+    """Comparison numbers that pass every check, each by its margin exactly, the differences as float means give
+    them (0.25 - 0.3 is -0.04999999999999999); changes: metric=(mean, diff, ci95)."""
     stats = {
-        "hallucination_rate": (0.0, 0.0, [0.0, 0.0]),
+        "hallucination_rate": (0.02, 0.0, [0.0, 0.0]),
         "contrastive_hallucination_rate": (0.02, 0.0, [0.0, 0.0]),
-        "exact_match": (0.2, -0.01, [-0.02, 0.0]),
+        "exact_match": (0.19, 0.19 - 0.2, [-0.02, 0.0]),
         "phi@1": (0.2, 0.0, [-0.01, 0.01]),
-        "answerable_abstain_rate": (0.8, -0.04, [-0.06, -0.02]),
-        "model_answerable_abstain_rate": (0.2, -0.05, [-0.07, -0.03]),
+        "answerable_abstain_rate": (0.25, 0.25 - 0.3, [-0.07, -0.03]),
         "model_abstain_f1": (0.8, 0.02, [0.01, 0.03]),
     }
     stats.update(changes)
@@ -129,8 +130,8 @@ def stage4_stats(**changes) -> dict:
 
 def test_abstention_checks_are_the_issues_thresholds():
     checks = abl.abstention_checks(stage4_stats())
-    assert checks["do_no_harm"] and checks["gain"] and checks["gain_model_answerable_abstain_rate_-0.05"]
-    assert not checks["gain_answerable_abstain_rate_-0.05"] and not checks["gain_model_abstain_f1_+0.03"]
+    assert checks["do_no_harm"] and checks["gain"] and checks["gain_answerable_abstain_rate_-0.05"]
+    assert not checks["gain_model_abstain_f1_+0.03"]
     harms = {
         "hallucination_rate_at_most_0.02": {"hallucination_rate": (0.021, 0.021, [0.0, 0.04])},
         "contrastive_hallucination_not_higher": {"contrastive_hallucination_rate": (0.03, 0.011, [0.0, 0.02])},
@@ -140,13 +141,37 @@ def test_abstention_checks_are_the_issues_thresholds():
     for check, change in harms.items():
         checks = abl.abstention_checks(stage4_stats(**change))
         assert not checks[check] and not checks["do_no_harm"] and checks["gain"], check
-    # a gain by the margin but with the interval touching 0 is no gain; the F1 line counts on its own
-    checks = abl.abstention_checks(stage4_stats(model_answerable_abstain_rate=(0.2, -0.06, [-0.12, 0.0])))
-    assert not checks["gain"]
+    # short of the margin, or by it but with the interval touching 0, is no gain; the F1 line counts on its own
+    assert not abl.abstention_checks(stage4_stats(answerable_abstain_rate=(0.25, -0.049, [-0.07, -0.03])))["gain"]
+    assert not abl.abstention_checks(stage4_stats(answerable_abstain_rate=(0.2, -0.06, [-0.12, 0.0])))["gain"]
     checks = abl.abstention_checks(
-        stage4_stats(model_answerable_abstain_rate=(0.2, 0.0, None), model_abstain_f1=(0.8, 0.03, [0.01, 0.05]))
+        stage4_stats(answerable_abstain_rate=(0.2, 0.0, None), model_abstain_f1=(0.8, 0.03, [0.01, 0.05]))
     )
     assert checks["gain"] and checks["gain_model_abstain_f1_+0.03"]
+    # the model's own over-abstention is reported, not a way to pass: the issue's over-abstention is run_eval's
+    assert set(abl.GAINS) == {"answerable_abstain_rate", "model_abstain_f1"}
+
+
+def test_a_record_is_stale_when_its_recipes_or_the_run_it_continued_change(tmp_path, monkeypatch):
+    arm = abl.ARMS["s4_dpo"]
+    for rel in (arm["base"], arm["overlay"]):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(os.path.join(ROOT, rel), tmp_path / rel)
+    monkeypatch.setattr(abl, "ROOT", str(tmp_path))
+    out, stage2 = str(tmp_path / "out"), tmp_path / "out" / "runs" / "s2_lora_r16_top1-seed0"
+    stage2.mkdir(parents=True)
+    (stage2 / "train_results.json").write_text('{"last_loss": 1.0}')
+    record = {"budget": abl.BUDGET, "overlay": arm["overlay"], "keys": arm["keys"], **abl.provenance(arm, 0, out)}
+    assert abl.is_current(record, arm, abl.BUDGET, 0, out)
+    assert not abl.is_current(record, arm, abl.QUICK, 0, out)  # another budget
+    assert not abl.is_current(record, arm, abl.BUDGET, 1, out)  # seed 1's stage 2 never ran
+    (stage2 / "train_results.json").write_text('{"last_loss": 1.1}')  # stage 2 retrained
+    assert not abl.is_current(record, arm, abl.BUDGET, 0, out)
+    (stage2 / "train_results.json").write_text('{"last_loss": 1.0}')
+    assert abl.is_current(record, arm, abl.BUDGET, 0, out)
+    with open(tmp_path / arm["base"], "a") as f:  # the smoke recipe under the arm changed (its overlay did not)
+        f.write("beta: 0.25\n")
+    assert not abl.is_current(record, arm, abl.BUDGET, 0, out)
 
 
 def test_an_overlay_without_its_header_line_is_refused(tmp_path):
@@ -249,14 +274,16 @@ def test_quick_run_writes_a_valid_ablations_json(quick_run):
 def quick_stage4(quick_run):
     """The stage-4 arms added to the same folder: the baseline's runs are reused, not retrained."""
     _, out = quick_run
-    before = (out / "runs" / "s2_lora_r16_top1-seed0" / "record.json").stat().st_mtime_ns
+    stage2 = out / "runs" / "s2_lora_r16_top1-seed0"
+    before = [(stage2 / f).stat().st_mtime_ns for f in ("train_results.json", "merged/model.safetensors")]
     rc = abl.main(["--out", str(out), "--quick", "--only", "stage4_dpo", "stage4_grpo"])
-    return rc, out, before
+    after = [(stage2 / f).stat().st_mtime_ns for f in ("train_results.json", "merged/model.safetensors")]
+    return rc, out, before == after
 
 
 @pytest.mark.slow
 def test_quick_stage4_arms_pair_with_their_seeds_stage2(quick_stage4):
-    rc, out, before = quick_stage4
+    rc, out, stage2_kept = quick_stage4
     assert rc == 0, (out / "ablations.json").read_text()[-2000:]
     results = json.loads((out / "ablations.json").read_text())
     assert set(results["arms"]) == {"s1_mlp", "s2_lora_r16_top1", "s4_dpo", "s4_grpo"}
@@ -268,7 +295,7 @@ def test_quick_stage4_arms_pair_with_their_seeds_stage2(quick_stage4):
             runs / "s2_lora_r16_top1-seed0" / "merged"
         )
         rows = [c for c in results["comparisons"] if c["name"] == f"stage4_{trainer}"]
-        assert [c["metric"] for c in rows] == list(abl.METRICS + abl.STAGE4_METRICS)
+        assert [c["metric"] for c in rows] == list(abl.STAGE4_METRICS)  # no loss: DPO / GRPO losses are not SFT's
         assert all(c["a"] == "s2_lora_r16_top1" and c["b"] == f"s4_{trainer}" and c["seeds"] == [0] for c in rows)
         assert set(results["stage4_checks"][f"stage4_{trainer}"]) >= {"do_no_harm", "gain"}
     # DPO trained on this seed's pairs, made from stage 2's answers on (part of) the train split
@@ -277,6 +304,7 @@ def test_quick_stage4_arms_pair_with_their_seeds_stage2(quick_stage4):
     }
     manifest = json.loads((runs / "s4_dpo-seed0" / "preferences" / "manifest.json").read_text())
     assert manifest["anchor"] == "other_image" and manifest["split"] == "train"
+    assert results["arms"]["s4_dpo"]["seeds"]["0"]["preference_pairs"] == manifest["pairs"]
     predictions = (runs / "s2_lora_r16_top1-seed0" / "eval-train" / "predictions.jsonl").read_text().splitlines()
     assert len(predictions) == abl.QUICK["train_eval_max_samples"]
     # stage 2 is scored on the contrastive set once, its record extended in place, its training not rerun
@@ -284,5 +312,5 @@ def test_quick_stage4_arms_pair_with_their_seeds_stage2(quick_stage4):
     contrastive = json.loads((runs / "s2_lora_r16_top1-seed0" / "eval-contrastive" / "eval_results.json").read_text())
     assert s2["contrastive_hallucination_rate"] == contrastive["metrics"]["hallucination_rate"]
     assert contrastive["dataset_name"] == "synthetic_contrastive"
-    assert (runs / "s2_lora_r16_top1-seed0" / "log.txt").read_text().count("run_sft.py") == 1
+    assert stage2_kept  # the baseline's stage 2 was reused, not retrained
     assert (out / "ablations_losses.png").stat().st_size > 1000

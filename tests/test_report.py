@@ -196,7 +196,9 @@ def test_stage4_section_reads_the_stage4_ablation():
     arms = {
         "s2_lora_r16_top1": stage2,
         "s4_dpo": seeds(
-            model_answerable_abstain_rate=(0.125, 0.225), contrastive_model_answerable_abstain_rate=(0.9, 1.0)
+            model_answerable_abstain_rate=(0.125, 0.225),
+            answerable_abstain_rate=(0.375, 0.375),
+            contrastive_model_answerable_abstain_rate=(0.9, 1.0),
         ),
         "s4_grpo": seeds(contrastive_hallucination_rate=(0.5, 0.5), **{"phi@1": (0.4, 0.4)}),
     }
@@ -221,10 +223,13 @@ def test_stage4_section_reads_the_stage4_ablation():
         row(text, "contrastive hallucination not higher") == "| contrastive hallucination not higher | pass | FAIL |"
     )
     assert row(text, "phi@1 not lower") == "| phi@1 not lower | pass | FAIL |"
-    assert (
-        row(text, "gain model answerable abstain rate -0.05")
-        == "| gain model answerable abstain rate -0.05 | pass | FAIL |"
+    assert row(text, "gain answerable abstain rate -0.05") == "| gain answerable abstain rate -0.05 | pass | FAIL |"
+    assert row(text, "test: over-abstention (thresholded)").endswith(
+        "| 0.375 (-0.125, [-0.125, -0.125]) | 0.5 (+0.000, [0, 0]) |"
     )
+    # a method with no checks (not run) is not a failure
+    del results["stage4_checks"]["stage4_grpo"]
+    assert row(report_stage4.stage4_section(results), "do no harm") == "| do no harm | pass | not measured |"
     assert row(text, "gain", "pass") == "| gain | pass | FAIL |"
     assert "seeds [0, 1]" in text and "95% of the answerable contrastive questions against 30%" in text
     assert "not measured" in report_stage4.stage4_section(None)
